@@ -1,0 +1,220 @@
+"""Command line: onnx-compress inspect | compress | eval.
+
+Every user error prints one line, `onnx-compress: error: ...`, and exits with status 2;
+no traceback, no output file left behind, the input never modified.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from . import __version__, api, evaluators, ir, runtime
+from .errors import CompressionError, ParameterError
+
+log = logging.getLogger("onnx_compress")
+
+SCHEME_NAMES = ("weight_svd", "spatial_svd")
+
+
+# ---------------------------------------------------------------------------- parsing
+def _parse_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]] | None:
+    if not items:
+        return None
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise ParameterError(f"--input-shape expects NAME=d0,d1,..., got {item!r}") from None
+    return shapes
+
+
+def _parse_ratios(text: str) -> dict[str, float]:
+    ratios: dict[str, float] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, value = item.rpartition("=")
+        if not sep or not name:
+            raise ParameterError(f"--ratios expects NAME=R[,NAME=R...], got {item!r}")
+        try:
+            ratios[name] = float(value)
+        except ValueError:
+            raise ParameterError(f"--ratios: ratio for '{name}' is not a number: {value!r}") from None
+    if not ratios:
+        raise ParameterError("--ratios is empty")
+    return ratios
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="onnx-compress",
+        description="Compress ONNX models: weight SVD and spatial SVD with per-layer ratios.",
+    )
+    p.add_argument("--version", action="version", version=f"onnx-compress {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details (and tracebacks)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors and results")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    shape_help = ("fix a dynamic input's shape for the cost model, e.g. input=1,3,224,224 "
+                  "(repeat for several inputs; a dynamic batch dim defaults to 1)")
+
+    ins = sub.add_parser("inspect", help="list layers with MACs, memory and eligibility",
+                         description="Print every layer: op, weight shape, MACs, weights, share of "
+                                     "the total, and which schemes apply (or why not).")
+    ins.add_argument("model", help="input .onnx file")
+    ins.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help=shape_help)
+    ins.add_argument("--json", action="store_true", help="print the table as JSON")
+
+    com = sub.add_parser("compress", help="compress a model and write it",
+                         description="Split layers by weight SVD or spatial SVD at per-layer ratios "
+                                     "(cost after / cost before). Writes OUT atomically and prints "
+                                     "the statistics.")
+    com.add_argument("model", help="input .onnx file (never modified)")
+    com.add_argument("-o", "--output", required=True, help="output .onnx file (its folder must exist)")
+    com.add_argument("--scheme", required=True, choices=SCHEME_NAMES, help="compression scheme")
+    which = com.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ratios", metavar="NAME=R[,NAME=R...]",
+                       help="per-layer ratios in (0, 1], layers named as `inspect` shows them")
+    which.add_argument("--ratio", type=float, metavar="R",
+                       help="one ratio for every layer the scheme applies to")
+    com.add_argument("--multiplicity", type=int, default=1, metavar="M",
+                     help="round ranks down to multiples of M (never to 0; default 1)")
+    com.add_argument("--metric", choices=("mac", "memory"), default="mac",
+                     help="cost metric the ratios refer to (default mac)")
+    com.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help=shape_help)
+    com.add_argument("--stats", metavar="STATS.json", help="also write the statistics as JSON")
+    com.add_argument("--eval-data", metavar="E.npz",
+                     help="labelled data (inputs by name + 'labels'): report top-1 accuracy before/after")
+    com.add_argument("--cuda", action="store_true", help="evaluate with CUDAExecutionProvider if available")
+    com.add_argument("--external-data", action="store_true",
+                     help="write weights to OUT.data beside the model (automatic above 2 GB)")
+
+    ev = sub.add_parser("eval", help="top-1 accuracy of a model on labelled data",
+                        description="Evaluate MODEL on an .npz holding its inputs by name and 'labels'.")
+    ev.add_argument("model", help=".onnx file")
+    ev.add_argument("--data", required=True, metavar="D.npz", help="labelled data")
+    ev.add_argument("--cuda", action="store_true", help="use CUDAExecutionProvider if available")
+    return p
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_inspect(args) -> int:
+    analysis = api.inspect(args.model, _parse_shapes(args.input_shape))
+    total_mac = sum(layer.mac or 0 for layer in analysis.compressible)
+    total_mem = analysis.total("memory")
+    rows = []
+    for layer in analysis.layers:
+        elig = api.eligibility(layer) if layer.reason is None else {}
+        rows.append({
+            "name": layer.name, "op": layer.op,
+            "weight_shape": list(layer.weight.shape) if layer.weight is not None else None,
+            "output_shape": list(layer.out_shape) if layer.out_shape else None,
+            "macs": layer.mac, "memory": layer.memory,
+            "mac_share": (layer.mac / total_mac) if layer.mac and total_mac else None,
+            "schemes": [s for s, r in elig.items() if r is None],
+            "skip_reasons": {s: r for s, r in elig.items() if r} if elig else {"all": layer.reason},
+        })
+    if args.json:
+        print(json.dumps({"input_dims": analysis.input_dims, "total_macs": total_mac,
+                          "total_memory": total_mem, "layers": rows}, indent=2))
+        return 0
+    print(f"model: {args.model}   inputs: " +
+          ", ".join(f"{k}={list(v)}" for k, v in analysis.input_dims.items()))
+    width = max([len(r["name"]) for r in rows] + [5])
+    print(f"{'layer':<{width}}  {'op':<6} {'weight':<16} {'MACs':>12} {'weights':>9} {'share':>6}  schemes / reasons")
+    for r in rows:
+        shape = "x".join(map(str, r["weight_shape"])) if r["weight_shape"] else "-"
+        macs = "?" if r["macs"] is None else f"{r['macs']:,}"
+        share = f"{100 * r['mac_share']:.1f}%" if r["mac_share"] is not None else "-"
+        notes = ", ".join(r["schemes"]) or "none"
+        reasons = "; ".join(f"{s}: {why}" for s, why in r["skip_reasons"].items())
+        if reasons:
+            notes += f"  ({reasons})"
+        print(f"{r['name']:<{width}}  {r['op']:<6} {shape:<16} {macs:>12} {r['memory']:>9,} {share:>6}  {notes}")
+    print(f"total: {total_mac:,} MACs, {total_mem:,} weights in {len(analysis.compressible)} layers")
+    return 0
+
+
+def _check_output(model: str, output: str, *extra: str) -> None:
+    out = Path(output)
+    if not out.parent.exists() if str(out.parent) else False:
+        raise ParameterError(f"output folder {out.parent} does not exist")
+    if Path(model).exists() and out.exists() and out.resolve() == Path(model).resolve():
+        raise ParameterError(f"output {output} is the input model; choose another path")
+    for path in extra:
+        if path and str(Path(path).parent) and not Path(path).parent.exists():
+            raise ParameterError(f"folder of {path} does not exist")
+
+
+def cmd_compress(args) -> int:
+    _check_output(args.model, args.output, args.stats)
+    ratios = _parse_ratios(args.ratios) if args.ratios is not None else args.ratio
+    callback = evaluators.accuracy(args.eval_data) if args.eval_data else None
+    model, stats = api.compress(
+        args.model, args.scheme, ratios, cost_metric=args.metric, multiplicity=args.multiplicity,
+        input_shape=_parse_shapes(args.input_shape), eval_callback=callback, use_cuda=args.cuda,
+    )
+    if args.stats:
+        _write_text(args.stats, stats.to_json())
+    ir.save(model, args.output, external=True if args.external_data else None)
+    if not args.quiet:
+        print(stats)
+    print(f"wrote {args.output}" + (f" and {args.stats}" if args.stats else ""))
+    if stats.baseline_score is not None:
+        print(f"top-1 accuracy on {args.eval_data}: {stats.baseline_score:.4f} -> {stats.final_score:.4f}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    model = ir.load(args.model)
+    score = runtime.evaluate(model, evaluators.accuracy(args.data), None, args.cuda)
+    print(f"top-1 accuracy of {args.model} on {args.data}: {score:.4f}")
+    return 0
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write a text file atomically."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".onnx_compress_", dir=target.parent if str(target.parent) else ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+COMMANDS = {"inspect": cmd_inspect, "compress": cmd_compress, "eval": cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except CompressionError as exc:
+        print(f"onnx-compress: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("onnx-compress: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug of ours: say so briefly, full traceback with -v
+        if args.verbose:
+            raise
+        print(f"onnx-compress: internal error: {type(exc).__name__}: {exc} (rerun with -v for details; "
+              "please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

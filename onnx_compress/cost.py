@@ -1,0 +1,87 @@
+"""Cost arithmetic: from a requested ratio to a rank (or channel count), exactly.
+
+A split layer's cost is linear in its rank r: cost(r) = per_rank * r (biases are not
+counted: memory is weight parameters). A ratio maps to the largest rank whose cost is at
+most ratio * cost_before, in closed form with integer arithmetic on the ratio's exact
+decimal value, so 0.3 means 3/10, not 0.29999999999999998.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .errors import ParameterError
+
+METRICS = ("mac", "memory")
+
+
+def as_fraction(ratio: float | int | str | Fraction) -> Fraction:
+    """The exact rational the user meant: a float is read through its shortest repr."""
+    if isinstance(ratio, Fraction):
+        return ratio
+    if isinstance(ratio, float):
+        return Fraction(repr(ratio))
+    return Fraction(ratio)
+
+
+def check_ratio(ratio, where: str) -> Fraction:
+    """Validate a compression ratio in (0, 1]; return it as an exact fraction."""
+    try:
+        q = as_fraction(ratio)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{where}: ratio must be a number in (0, 1], got {ratio!r}") from None
+    if not 0 < q <= 1:
+        raise ParameterError(f"{where}: ratio must be in (0, 1], got {ratio}")
+    return q
+
+
+def check_metric(metric: str) -> str:
+    metric = str(getattr(metric, "value", metric)).lower()
+    if metric not in METRICS:
+        raise ParameterError(f"cost metric must be one of {METRICS}, got {metric!r}")
+    return metric
+
+
+def check_multiplicity(multiplicity) -> int:
+    if not isinstance(multiplicity, int) or isinstance(multiplicity, bool) or multiplicity < 1:
+        raise ParameterError(f"multiplicity must be an integer >= 1, got {multiplicity!r}")
+    return multiplicity
+
+
+@dataclass(frozen=True)
+class RankCost:
+    """Cost of a layer split at rank r: `per_rank * r`, against `before` unsplit.
+
+    `full_rank` is the rank at which the split is exact (min of the factored matrix's dims).
+    """
+
+    before: int
+    per_rank: int
+    full_rank: int
+
+    def at(self, rank: int) -> int:
+        return self.per_rank * rank
+
+    @property
+    def max_rank(self) -> int:
+        """Largest useful rank: at most full rank and strictly cheaper than no split (0: none)."""
+        return max(0, min(self.full_rank, (self.before - 1) // self.per_rank))
+
+    def ratio(self, rank: int) -> Fraction:
+        return Fraction(self.at(rank), self.before)
+
+
+def rank_for_ratio(rc: RankCost, ratio, multiplicity: int = 1) -> int:
+    """Largest rank with cost <= ratio * before, rounded down to a multiple of `multiplicity`.
+
+    Returns 0 when not even rank 1 fits. When rounding down would give 0, the rank rounds
+    up to one multiple instead (never 0), but never past the break-even rank (`max_rank`).
+    """
+    q = as_fraction(ratio)
+    rank = min((q.numerator * rc.before) // (q.denominator * rc.per_rank), rc.max_rank)
+    if rank < 1:
+        return 0
+    if multiplicity > 1:
+        rounded = (rank // multiplicity) * multiplicity
+        rank = rounded if rounded > 0 else min(multiplicity, rc.max_rank)
+    return rank

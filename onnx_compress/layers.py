@@ -1,0 +1,246 @@
+"""Find the compressible layers of a model, with their shapes, costs and skip reasons.
+
+A *layer* is a Conv, Gemm or MatMul node whose weight is constant (an initializer, a
+Constant node, or Identity of either), in the main graph or any If/Loop/Scan subgraph.
+Nodes of those types whose weight is not constant are listed too, with the reason, but
+they do not count in the model's cost. A layer is named by its node name, or by its
+first output's name when the exporter left the node name empty.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from . import ir
+from .errors import LayerError, ParameterError, ShapeError
+
+log = logging.getLogger(__name__)
+
+LAYER_OPS = ("Conv", "Gemm", "MatMul")
+Shape = ir.Shape
+
+
+@dataclass(frozen=True, eq=False)
+class Layer:
+    """One compressible (or refused) layer of a model.
+
+    `weight` is the stored weight: Conv (n_out, n_in/group, *kernel); Gemm B as stored
+    (transB decides its layout); MatMul (K, N). `mac`/`memory` are None when unknown.
+    """
+
+    name: str
+    op: str
+    node: ir.Node
+    graph: ir.Graph
+    weight: np.ndarray | None
+    in_shape: Shape | None
+    out_shape: Shape | None
+    mac: int | None
+    memory: int
+    reason: str | None  # why it is not a layer at all (None: it is one)
+    in_subgraph: bool = False
+
+    @property
+    def attrs(self) -> dict:
+        return self.node.attrs
+
+    @property
+    def group(self) -> int:
+        return int(self.node.attrs.get("group", 1))
+
+    @property
+    def kernel(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape[2:]) if self.op == "Conv" else ()
+
+    def matrix_shape(self) -> tuple[int, int]:
+        """(K, N) of a Gemm/MatMul weight as it multiplies: y = x @ W."""
+        w = self.weight
+        if self.op == "Gemm" and int(self.node.attrs.get("transB", 0)):
+            return int(w.shape[1]), int(w.shape[0])
+        return int(w.shape[0]), int(w.shape[1])
+
+    def describe(self) -> str:
+        """A short description of the weight, e.g. 'Conv 64x32x3x3' or 'Gemm 128x10'."""
+        if self.weight is None:
+            return self.op
+        return f"{self.op} " + "x".join(str(d) for d in self.weight.shape)
+
+
+@dataclass(eq=False)
+class Analysis:
+    """A model imported for rewriting: its graph, the template proto, its layers."""
+
+    proto: onnx.ModelProto
+    graph: ir.Graph
+    layers: list[Layer]
+    input_dims: dict[str, Shape]
+
+    @property
+    def compressible(self) -> list[Layer]:
+        return [layer for layer in self.layers if layer.reason is None]
+
+    def total(self, metric: str) -> int:
+        """Total cost of the model's layers under `metric` ('mac' or 'memory')."""
+        return sum(cost_of(layer, metric) for layer in self.compressible)
+
+    def find(self, name: str) -> Layer:
+        """The layer called `name`; LayerError with close matches when there is none."""
+        for layer in self.layers:
+            if layer.name == name:
+                if layer.reason is not None:
+                    raise LayerError(f"layer '{name}' cannot be compressed: {layer.reason}")
+                return layer
+        names = [layer.name for layer in self.layers]
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise LayerError(f"unknown layer '{name}'{hint} (`onnx-compress inspect MODEL` lists the layers)")
+
+
+def cost_of(layer: Layer, metric: str) -> int:
+    """The layer's cost under `metric`; ShapeError when MACs are needed but unknown."""
+    if metric == "memory":
+        return layer.memory
+    if layer.mac is None:
+        raise ShapeError(
+            f"layer '{layer.name}': its input/output shapes are unknown, so its MACs cannot be "
+            "counted; pass input_shape (CLI: --input-shape NAME=d0,d1,...) to fix dynamic dimensions"
+        )
+    return layer.mac
+
+
+# ----------------------------------------------------------------------- input shapes
+def resolve_input_dims(proto: onnx.ModelProto, input_shape=None,
+                       data_shapes: dict[str, Shape] | None = None) -> dict[str, Shape]:
+    """Concrete shapes for the main graph's inputs.
+
+    Priority: `input_shape` (a tuple, a list of tuples in input order, or a dict by name),
+    then the shapes of calibration data, then static dims; a symbolic first (batch)
+    dimension defaults to 1. Other dynamic dims are left out (their layers cost None).
+    """
+    inputs = ir.graph_inputs(proto)
+    given: dict[str, Shape] = {}
+    if input_shape is not None:
+        if isinstance(input_shape, dict):
+            given = {k: tuple(int(d) for d in v) for k, v in input_shape.items()}
+        else:
+            shapes = list(input_shape)
+            if shapes and all(isinstance(d, (int, np.integer)) for d in shapes):
+                shapes = [tuple(shapes)]
+            if len(shapes) != len(inputs):
+                raise ParameterError(
+                    f"input_shape gives {len(shapes)} shape(s) but the model has {len(inputs)} "
+                    f"input(s): {[i.name for i in inputs]}"
+                )
+            given = {i.name: tuple(int(d) for d in s) for i, s in zip(inputs, shapes)}
+        unknown = set(given) - {i.name for i in inputs}
+        if unknown:
+            raise ParameterError(
+                f"input_shape names unknown input(s) {sorted(unknown)}; model inputs: "
+                f"{[i.name for i in inputs]}"
+            )
+    dims: dict[str, Shape] = {}
+    for inp in inputs:
+        declared = inp.type.tensor_type.shape.dim if inp.type.HasField("tensor_type") else []
+        if inp.name in given:
+            shape = given[inp.name]
+            if declared and len(declared) != len(shape):
+                raise ParameterError(
+                    f"input_shape for '{inp.name}' has rank {len(shape)}, the model expects "
+                    f"rank {len(declared)}"
+                )
+            dims[inp.name] = shape
+            continue
+        if data_shapes and inp.name in data_shapes:
+            dims[inp.name] = tuple(data_shapes[inp.name])
+            continue
+        shape = []
+        for k, d in enumerate(declared):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(int(d.dim_value))
+            elif k == 0:
+                shape.append(1)
+            else:
+                shape = None
+                break
+        if shape is not None:
+            dims[inp.name] = tuple(shape)
+    return dims
+
+
+# ---------------------------------------------------------------------------- analysis
+def analyze(proto: onnx.ModelProto, input_shape=None,
+            data_shapes: dict[str, Shape] | None = None) -> Analysis:
+    """Import `proto` and list its layers with shapes and costs."""
+    dims = resolve_input_dims(proto, input_shape, data_shapes)
+    shapes = ir.static_shapes(proto, dims)
+    graph = ir.import_graph(proto)
+    layers: list[Layer] = []
+    seen: dict[str, int] = {}
+    for node, owner in ir.iter_nodes(graph):
+        if node.op not in LAYER_OPS:
+            continue
+        layer = _make_layer(node, owner, owner is not graph, shapes)
+        if layer.name in seen:
+            raise LayerError(
+                f"two layers are both named '{layer.name}'; give the model unique node names "
+                "(e.g. with onnx.helper or onnx-graphsurgeon) so layers can be addressed"
+            )
+        seen[layer.name] = 1
+        layers.append(layer)
+    return Analysis(proto=proto, graph=graph, layers=layers, input_dims=dims)
+
+
+def _make_layer(node, owner, in_subgraph: bool, shapes: dict[str, Shape]) -> Layer:
+    name = ir.node_name(node)
+    in_shape = shapes.get(node.inputs[0].name) if node.inputs else None
+    out_shape = shapes.get(node.outputs[0].name) if node.outputs else None
+    weight, reason = _weight_of(node)
+    mac = None
+    if reason is None and out_shape is not None:
+        mac = _macs(node.op, weight, node, in_shape, out_shape)
+    return Layer(
+        name=name, op=node.op, node=node, graph=owner, weight=weight, in_shape=in_shape,
+        out_shape=out_shape, mac=mac, memory=int(weight.size) if reason is None else 0,
+        reason=reason, in_subgraph=in_subgraph,
+    )
+
+
+def _weight_of(node) -> tuple[np.ndarray | None, str | None]:
+    """The layer's constant weight, or the reason it has none."""
+    if len(node.inputs) < 2:
+        return None, "weight input missing"
+    w = ir.constant_value(node.inputs[1])
+    if node.op == "Conv":
+        if w is None:
+            return None, "weight is not constant"
+        if w.ndim < 3:
+            return None, f"Conv weight has rank {w.ndim}, expected 3 or more"
+    elif node.op == "Gemm":
+        if w is None:
+            a = ir.constant_value(node.inputs[0])
+            return None, ("constant is input A, not B" if a is not None else "weight is not constant")
+        if int(node.attrs.get("transA", 0)) not in (0, 1):
+            return None, "unsupported transA"
+    else:  # MatMul
+        if w is None:
+            a = ir.constant_value(node.inputs[0])
+            return None, ("constant is the left operand" if a is not None else "weight is not constant")
+        if w.ndim != 2:
+            return None, f"weight is {w.ndim}-D (batched MatMul), expected 2-D"
+    if not np.issubdtype(w.dtype, np.floating):
+        return None, f"weight dtype {w.dtype} is not floating point"
+    return w, None
+
+
+def _macs(op: str, w: np.ndarray, node, in_shape, out_shape) -> int | None:
+    if op == "Conv":
+        return math.prod(out_shape) * math.prod(w.shape[1:])
+    if op == "Gemm":
+        k = w.shape[1] if int(node.attrs.get("transB", 0)) else w.shape[0]
+        return math.prod(out_shape) * int(k)
+    return math.prod(out_shape) * int(w.shape[0])  # MatMul: (..., N) outputs, K each

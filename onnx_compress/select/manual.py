@@ -1,0 +1,64 @@
+"""Manual mode: the user names the layers and their ratios (or one ratio for all)."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+from ..cost import check_ratio, rank_for_ratio
+from ..errors import LayerError, ParameterError
+from ..layers import Analysis
+from ..stats import SkippedLayer
+from ..transforms import RankPlan, RankScheme
+
+
+def plan(analysis: Analysis, scheme: RankScheme, ratios: dict[str, float] | float, metric: str,
+         multiplicity: int) -> tuple[list[RankPlan], list[SkippedLayer]]:
+    """Plans for the requested layers, and the layers left out with their reasons.
+
+    `ratios`: layer name -> ratio, or one ratio for every layer the scheme applies to.
+    A named layer the scheme cannot take is an error; in the all-layers form it is skipped.
+    """
+    plans: list[RankPlan] = []
+    skipped = [SkippedLayer(layer.name, layer.op, layer.reason) for layer in analysis.layers if layer.reason]
+    if isinstance(ratios, dict):
+        requests = [(analysis.find(name), check_ratio(r, f"layer '{name}'"), True) for name, r in ratios.items()]
+        for layer in analysis.compressible:
+            if layer.name not in ratios and (reason := scheme.check(layer)):
+                skipped.append(SkippedLayer(layer.name, layer.op, reason))
+    else:
+        q = check_ratio(ratios, "ratio")
+        requests = []
+        for layer in analysis.compressible:
+            reason = scheme.check(layer)
+            if reason:
+                skipped.append(SkippedLayer(layer.name, layer.op, reason))
+            else:
+                requests.append((layer, q, False))
+    for layer, q, named in requests:
+        reason = scheme.check(layer)
+        if reason:
+            raise LayerError(f"layer '{layer.name}' cannot take {scheme.name}: {reason}")
+        if q == 1:
+            skipped.append(SkippedLayer(layer.name, layer.op, "ratio 1.0: left unchanged"))
+            continue
+        rc = scheme.rank_cost(layer, metric)
+        if rc.max_rank == 0:
+            why = f"{scheme.name} is never cheaper than this layer ({metric} at rank 1: {rc.at(1)} >= {rc.before})"
+            if named:
+                raise LayerError(f"layer '{layer.name}': {why}")
+            skipped.append(SkippedLayer(layer.name, layer.op, why))
+            continue
+        rank = rank_for_ratio(rc, q, multiplicity)
+        if rank == 0:
+            smallest = float(rc.ratio(1))
+            if named:
+                raise ParameterError(
+                    f"layer '{layer.name}': ratio {float(q):g} is below the smallest achievable "
+                    f"{smallest:.4f} ({scheme.name} at rank 1, {metric})"
+                )
+            skipped.append(SkippedLayer(layer.name, layer.op, f"ratio {float(q):g} below rank 1's {smallest:.4f}"))
+            continue
+        note = ""
+        if rc.ratio(rank) > q:
+            note = f"rank rounded up to multiplicity {multiplicity}"
+        plans.append(RankPlan(layer, Fraction(q), rank, note))
+    return plans, skipped
