@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="labelled data (inputs by name + 'labels'): report top-1 accuracy before/after")
     com.add_argument("--cuda", action="store_true", help="evaluate with CUDAExecutionProvider if available")
     com.add_argument("--external-data", action="store_true",
-                     help="write weights to OUT.data beside the model (automatic above 2 GB)")
+                     help="write weights to OUT.data beside the model (automatic above 2 GB "
+                          "or when the input model uses external data)")
 
     ev = sub.add_parser("eval", help="top-1 accuracy of a model on labelled data",
                         description="Evaluate MODEL on an .npz holding its inputs by name and 'labels'.")
@@ -163,7 +164,8 @@ def cmd_compress(args) -> int:
     )
     if args.stats:
         _write_text(args.stats, stats.to_json())
-    ir.save(model, args.output, external=True if args.external_data else None)
+    external = True if args.external_data or ir.uses_external_data(args.model) else None
+    ir.save(model, args.output, external=external)
     if not args.quiet:
         print(stats)
     print(f"wrote {args.output}" + (f" and {args.stats}" if args.stats else ""))

@@ -66,6 +66,15 @@ def load(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
+def uses_external_data(path: str | os.PathLike) -> bool:
+    """Whether the model file at `path` keeps any tensor in external data files."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+
+
 def import_graph(proto: onnx.ModelProto) -> gs.Graph:
     """Import a ModelProto into a graph-surgeon Graph (a new object graph)."""
     try:
