@@ -228,6 +228,17 @@ def set_input(node: gs.Node, index: int, value: np.ndarray, name: str) -> None:
     node.inputs[index] = gs.Constant(name, np.ascontiguousarray(value))
 
 
+def append_input(node: gs.Node, value: np.ndarray, name: str) -> None:
+    """Append the constant `value` as a new last input of `node`."""
+    node.inputs.append(gs.Constant(name, np.ascontiguousarray(value)))
+
+
+def forget_shape(tensor: gs.Tensor) -> None:
+    """Drop a variable's recorded shape (it changed); export re-infers it."""
+    if isinstance(tensor, gs.Variable):
+        tensor.shape = None
+
+
 # ----------------------------------------------------------------------------- export
 def export(graph: gs.Graph, template: onnx.ModelProto, *, check: bool = True) -> onnx.ModelProto:
     """Clean up, sort and export `graph`; restore `template`'s model-level fields.

@@ -79,6 +79,7 @@ class Analysis:
     graph: ir.Graph
     layers: list[Layer]
     input_dims: dict[str, Shape]
+    shapes: dict[str, Shape]
 
     @property
     def compressible(self) -> list[Layer]:
@@ -192,7 +193,7 @@ def analyze(proto: onnx.ModelProto, input_shape=None,
             )
         seen[layer.name] = 1
         layers.append(layer)
-    return Analysis(proto=proto, graph=graph, layers=layers, input_dims=dims)
+    return Analysis(proto=proto, graph=graph, layers=layers, input_dims=dims, shapes=shapes)
 
 
 def _make_layer(node, owner, in_subgraph: bool, shapes: dict[str, Shape]) -> Layer:
