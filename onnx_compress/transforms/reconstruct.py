@@ -92,7 +92,8 @@ def _conv_params(x: np.ndarray, kernel, strides, pads, dilations):
 
 def _check_positions(positions: np.ndarray, highs: Sequence[int]) -> np.ndarray:
     positions = np.asarray(positions)
-    if positions.ndim != 2 or positions.shape[1] != len(highs) or not np.issubdtype(positions.dtype, np.integer):
+    integer = np.issubdtype(positions.dtype, np.integer)
+    if positions.ndim != 2 or positions.shape[1] != len(highs) or not integer:
         raise ParameterError(f"positions must be an integer array (n, {len(highs)}), "
                              f"got {positions.dtype} {positions.shape}")
     if positions.size and ((positions < 0).any() or (positions >= np.asarray(highs)).any()):
@@ -221,9 +222,7 @@ class NormalEquations:
         lambda = ridge * trace(X^T X) / dim (relative; the bias is not penalised). Solved
         by Cholesky when well posed, else by minimum-norm least squares: never raises.
         """
-        ridge = float(ridge)
-        if not (math.isfinite(ridge) and ridge >= 0):
-            raise ParameterError(f"ridge must be a finite number >= 0, got {ridge!r}")
+        ridge = _check_ridge(ridge)
         d = self.dim
         a = self.xtx.copy()
         a[np.arange(d), np.arange(d)] += ridge * np.trace(self.xtx[:d, :d]) / d
@@ -233,6 +232,16 @@ class NormalEquations:
             solution = scipy.linalg.lstsq(a, self.xty, cond=a.shape[0] * np.finfo(float).eps)[0]
         bias = solution[d].copy() if self.fit_bias else None
         return Solution(np.ascontiguousarray(solution[:d].T), bias, underdetermined, self.count)
+
+
+def _check_ridge(ridge: float) -> float:
+    try:
+        value = float(ridge)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ParameterError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    return value
 
 
 def _cholesky_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
@@ -290,8 +299,10 @@ def _check_keep(keep: int, channels: int, locked: np.ndarray | None) -> np.ndarr
         raise ParameterError(f"locked must be a bool mask of shape ({channels},), "
                              f"got {locked.dtype} {locked.shape}")
     n_locked = int(locked.sum())
-    if not isinstance(keep, (int, np.integer)) or isinstance(keep, bool) or not max(1, n_locked) <= keep <= channels:
-        raise ParameterError(f"keep must be an integer in [max(1, locked={n_locked}), C={channels}], got {keep!r}")
+    is_int = isinstance(keep, (int, np.integer)) and not isinstance(keep, bool)
+    if not is_int or not max(1, n_locked) <= keep <= channels:
+        raise ParameterError(
+            f"keep must be an integer in [max(1, locked={n_locked}), C={channels}], got {keep!r}")
     return locked
 
 
@@ -314,6 +325,12 @@ def select_by_magnitude(weight: np.ndarray, keep: int, locked: np.ndarray | None
     return _kept_from_order(order, keep, locked)
 
 
+def _check_xtx(xtx: np.ndarray, weight: np.ndarray) -> None:
+    side = weight.shape[1] * weight.shape[2]
+    if np.shape(xtx) != (side, side):
+        raise ParameterError(f"xtx must be ({side}, {side}) for weight {weight.shape}, got {np.shape(xtx)}")
+
+
 def contribution_gram(xtx: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """G (C, C), G[c, d] = <Z_c, Z_d> with Z_c = patches[:, c, :] @ weight[:, c, :].T (n, n_out).
 
@@ -322,8 +339,7 @@ def contribution_gram(xtx: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """
     weight = _as_3d(weight).astype(np.float64)
     n_out, c, k = weight.shape
-    if np.shape(xtx) != (c * k, c * k):
-        raise ParameterError(f"xtx must be ({c * k}, {c * k}) for weight {weight.shape}, got {np.shape(xtx)}")
+    _check_xtx(xtx, weight)
     flat = weight.reshape(n_out, c * k)
     wtw = flat.T @ flat
     return np.einsum("ikjl,ikjl->ij", np.reshape(xtx, (c, k, c, k)), wtw.reshape(c, k, c, k))
@@ -345,18 +361,20 @@ def _greedy_removal(gram: np.ndarray, keep: int, locked: np.ndarray) -> np.ndarr
     return np.flatnonzero(available | locked).astype(np.int64)
 
 
-def _obs_removal(xtx: np.ndarray, weight: np.ndarray, keep: int, locked: np.ndarray, ridge: float) -> np.ndarray:
+def _obs_removal(
+    xtx: np.ndarray, weight: np.ndarray, keep: int, locked: np.ndarray, ridge: float
+) -> np.ndarray:
     """Kept channels after greedy removal scored by the error *after* least-squares refit.
 
-    Backward elimination with group optimal-brain-surgeon updates: with H = (X^T X + lambda I)^-1
-    and B the current refit weights (n_out, C*K), removing channel g costs
+    Backward elimination with group optimal-brain-surgeon updates: with
+    H = (X^T X + lambda I)^-1 and B the current refit weights (n_out, C*K), removing channel g costs
     tr(B_g H_gg^-1 B_g^T); then B -= B_g H_gg^-1 H_g,: and H -= H_:,g H_gg^-1 H_g,:.
     """
     weight = _as_3d(weight).astype(np.float64)
     n_out, c, k = weight.shape
     a = np.array(xtx, dtype=np.float64)
     a[np.diag_indices_from(a)] += max(ridge * np.trace(a) / len(a), np.finfo(float).tiny)
-    h = scipy.linalg.pinvh(a)
+    h = _inverse(a)
     b = weight.reshape(n_out, c * k).copy()
     available = ~locked
     for _ in range(c - keep):
@@ -373,6 +391,15 @@ def _obs_removal(xtx: np.ndarray, weight: np.ndarray, keep: int, locked: np.ndar
     return np.flatnonzero(available | locked).astype(np.int64)
 
 
+def _inverse(a: np.ndarray) -> np.ndarray:
+    """Inverse of a symmetric positive semi-definite matrix: Cholesky, else pseudo-inverse."""
+    try:
+        factor = scipy.linalg.cho_factor(a, check_finite=False)
+    except np.linalg.LinAlgError:
+        return scipy.linalg.pinvh(a)
+    return scipy.linalg.cho_solve(factor, np.eye(len(a)), check_finite=False)
+
+
 def select_greedy_gram(
     xtx: np.ndarray, weight: np.ndarray, keep: int, locked: np.ndarray | None = None,
     *, refine: bool = False, ridge: float = 1e-6,
@@ -381,10 +408,9 @@ def select_greedy_gram(
     weight = _as_3d(weight)
     locked = _check_keep(keep, weight.shape[1], locked)
     if refine:
-        if np.shape(xtx) != (weight.shape[1] * weight.shape[2],) * 2:
-            raise ParameterError(f"xtx must be square of side C*K for weight {weight.shape}, got {np.shape(xtx)}")
-        return _obs_removal(xtx, weight, keep, locked.copy(), ridge)
-    return _greedy_removal(contribution_gram(xtx, weight), keep, locked.copy())
+        _check_xtx(xtx, weight)
+        return _obs_removal(xtx, weight, keep, locked, _check_ridge(ridge))
+    return _greedy_removal(contribution_gram(xtx, weight), keep, locked)
 
 
 def select_greedy_lsq(
@@ -409,11 +435,11 @@ def select_greedy_lsq(
     return select_greedy_gram(flat.T @ flat, weight, keep, locked, refine=refine, ridge=ridge)
 
 
-def _magnitude(patches: np.ndarray | None, weight: np.ndarray, keep: int, locked: np.ndarray | None) -> np.ndarray:
+def _magnitude(patches: np.ndarray | None, weight: np.ndarray, keep: int, locked: np.ndarray | None):
     return select_by_magnitude(weight, keep, locked)
 
 
-def _greedy(patches: np.ndarray | None, weight: np.ndarray, keep: int, locked: np.ndarray | None) -> np.ndarray:
+def _greedy(patches: np.ndarray | None, weight: np.ndarray, keep: int, locked: np.ndarray | None):
     if patches is None:
         raise ParameterError("greedy channel selection needs sampled input patches, got None")
     return select_greedy_lsq(patches, weight, keep, locked)
