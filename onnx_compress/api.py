@@ -14,7 +14,7 @@ from enum import Enum
 
 import onnx
 
-from . import cost, ir, layers, runtime
+from . import cost, ir, layers, pruning, runtime
 from .errors import ParameterError
 from .select import manual
 from .stats import CompressionStats, LayerStats
@@ -26,35 +26,81 @@ ModelLike = "str | os.PathLike | onnx.ModelProto"
 
 
 # ------------------------------------------------------------------------ native API
-def compress(model, scheme: str = "weight_svd", ratios: dict[str, float] | float = 0.5, *,
+def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
              cost_metric: str = "mac", multiplicity: int = 1, input_shape=None,
              eval_callback: Callable | None = None, eval_iterations: int | None = None,
-             use_cuda: bool = False) -> tuple[onnx.ModelProto, CompressionStats]:
+             use_cuda: bool = False, data=None, num_reconstruction_samples: int = 2000,
+             allow_custom_downsample_ops: bool = False, selection: str = "greedy",
+             reconstruct: bool = True, seed: int = 0) -> tuple[onnx.ModelProto, CompressionStats]:
     """Compress `model` with `scheme` at manually chosen per-layer ratios.
 
-    model: path or ModelProto (not modified). scheme: "weight_svd" or "spatial_svd".
-    ratios: {layer name: ratio in (0, 1]} or one ratio for every layer the scheme applies
-    to; a ratio is the layer's cost after / before under `cost_metric` ("mac"/"memory").
-    multiplicity: ranks are rounded down to multiples of it (never to 0).
-    input_shape: fixes dynamic input dims for the cost model: a tuple, a list of tuples in
-    input order, or {input name: tuple}.
+    model: path or ModelProto (not modified). scheme: "weight_svd", "spatial_svd",
+    "channel_pruning", or a list of them applied in turn (a pipeline, e.g.
+    ["spatial_svd", "channel_pruning"]). ratios: {layer name: ratio in (0, 1]} or one
+    ratio for every layer the scheme applies to (for a pipeline: one such value per step,
+    or one for all); a ratio is the layer's cost after / before under `cost_metric`
+    ("mac"/"memory"); channel pruning's upstream savings come on top and are measured in
+    the model totals. multiplicity: ranks / kept channels are rounded down to multiples
+    of it (never to 0). input_shape: fixes dynamic input dims for the cost model: a tuple,
+    a list of tuples in input order, or {input name: tuple}.
     eval_callback(session, iterations, use_cuda) -> float scores the model before and
-    after (optional). Returns the compressed ModelProto and its statistics.
+    after (optional).
+    Channel pruning: data (calibration .npz path, dict of arrays, iterable of feed dicts
+    or CalibrationDataReader), num_reconstruction_samples (per layer), selection
+    ("greedy" least squares or "magnitude"), reconstruct (least-squares refit), seed.
+    Returns the compressed ModelProto and its statistics (achieved figures measured on it).
     """
-    scheme_obj = _scheme(scheme)
+    steps = [_scheme_name(s) for s in (scheme if isinstance(scheme, (list, tuple)) else [scheme])]
+    if not steps:
+        raise ParameterError("scheme list is empty")
+    step_ratios = _step_ratios(steps, ratios)
     metric = cost.check_metric(cost_metric)
     multiplicity = cost.check_multiplicity(multiplicity)
-    if isinstance(ratios, (list, tuple)):
-        ratios = _pairs_to_dict(ratios)
+    settings = None
+    if "channel_pruning" in steps:
+        if allow_custom_downsample_ops:
+            raise ParameterError("allow_custom_downsample_ops=True is not supported yet; locked channels "
+                                 "are kept and reported instead")
+        settings = pruning.PruneSettings(
+            data=data, num_reconstruction_samples=int(num_reconstruction_samples),
+            allow_custom_downsample_ops=allow_custom_downsample_ops, selection=selection,
+            reconstruct=bool(reconstruct), seed=int(seed), use_cuda=use_cuda)
+        if data is None:
+            raise ParameterError("channel_pruning needs calibration data: pass data= (an .npz path, a dict "
+                                 "of arrays, an iterable of feed dicts or a CalibrationDataReader)")
     proto = ir.load(model)
-    analysis = layers.analyze(proto, input_shape)
-    plans, skipped = manual.plan(analysis, scheme_obj, ratios, metric, multiplicity)
+    first = layers.analyze(proto, input_shape)
+    dims = first.input_dims
     baseline = runtime.evaluate(proto, eval_callback, eval_iterations, use_cuda) if eval_callback else None
-    log.info("%s: splitting %d layer(s)", scheme_obj.name, len(plans))
+    current, layer_stats, skipped = proto, [], []
+    for name, step in zip(steps, step_ratios):
+        log.info("%s: compressing", name)
+        current, lstats, lskipped = _run_step(current, name, step, metric, multiplicity, dims, settings)
+        layer_stats += lstats
+        skipped += lskipped
+    after = layers.analyze(current, dims)
+    final = runtime.evaluate(current, eval_callback, eval_iterations, use_cuda) if eval_callback else None
+    stats = CompressionStats(
+        scheme="+".join(steps), cost_metric=metric,
+        mac_before=_total(first, "mac"), mac_after=_total(after, "mac"),
+        memory_before=first.total("memory"), memory_after=after.total("memory"),
+        layers=tuple(layer_stats), skipped=tuple(skipped),
+        baseline_score=baseline, final_score=final, input_dims=dict(dims),
+    )
+    return current, stats
+
+
+def _run_step(proto, name: str, ratios, metric: str, multiplicity: int, dims, settings):
+    """One scheme on `proto`: returns (new proto, layer stats, skipped layers)."""
+    analysis = layers.analyze(proto, dims)
+    if name == "channel_pruning":
+        plans, skipped = manual.plan_channels(analysis, pruning.check_layer, ratios)
+        out, lstats, more = pruning.prune(proto, plans, settings, dims, multiplicity)
+        return out, lstats, skipped + more
+    scheme_obj = SCHEMES[name]
+    plans, skipped = manual.plan(analysis, scheme_obj, ratios, metric, multiplicity)
     new_nodes = apply(analysis, scheme_obj, plans)
     out = ir.export(analysis.graph, proto)
-    after = layers.analyze(out, analysis.input_dims)
-    final = runtime.evaluate(out, eval_callback, eval_iterations, use_cuda) if eval_callback else None
     layer_stats = []
     for plan in plans:
         mac_rc = scheme_obj.rank_cost(plan.layer, "mac") if plan.layer.mac is not None else None
@@ -68,14 +114,22 @@ def compress(model, scheme: str = "weight_svd", ratios: dict[str, float] | float
             memory_before=plan.layer.memory, memory_after=mem_rc.at(plan.rank),
             new_nodes=tuple(new_nodes[plan.layer.name]), note=plan.note,
         ))
-    stats = CompressionStats(
-        scheme=scheme_obj.name, cost_metric=metric,
-        mac_before=_total(analysis, "mac"), mac_after=_total(after, "mac"),
-        memory_before=analysis.total("memory"), memory_after=after.total("memory"),
-        layers=tuple(layer_stats), skipped=tuple(skipped),
-        baseline_score=baseline, final_score=final, input_dims=dict(analysis.input_dims),
-    )
-    return out, stats
+    return out, layer_stats, skipped
+
+
+def _step_ratios(steps: list[str], ratios) -> list:
+    if isinstance(ratios, (list, tuple)) and len(steps) > 1:
+        if all(isinstance(r, (dict, int, float, str)) for r in ratios) and len(ratios) == len(steps):
+            return [_as_ratio_spec(r) for r in ratios]
+        raise ParameterError(f"a pipeline of {len(steps)} schemes needs {len(steps)} ratio entries, "
+                             f"got {len(ratios)}")
+    return [_as_ratio_spec(ratios)] * len(steps)
+
+
+def _as_ratio_spec(ratios):
+    if isinstance(ratios, (list, tuple)):
+        return _pairs_to_dict(ratios)
+    return ratios
 
 
 def inspect(model, input_shape=None) -> layers.Analysis:
@@ -85,7 +139,9 @@ def inspect(model, input_shape=None) -> layers.Analysis:
 
 def eligibility(layer: layers.Layer) -> dict[str, str | None]:
     """Scheme name -> None when the scheme applies to `layer`, else the reason it does not."""
-    return {name: s.check(layer) for name, s in SCHEMES.items()}
+    out = {name: s.check(layer) for name, s in SCHEMES.items()}
+    out["channel_pruning"] = pruning.check_layer(layer)
+    return out
 
 
 def _total(analysis: layers.Analysis, metric: str) -> int | None:
@@ -95,13 +151,14 @@ def _total(analysis: layers.Analysis, metric: str) -> int | None:
         return None
 
 
-def _scheme(scheme):
+SCHEME_NAMES = ("weight_svd", "spatial_svd", "channel_pruning")
+
+
+def _scheme_name(scheme) -> str:
     name = str(getattr(scheme, "value", scheme)).lower()
-    if name == "channel_pruning":
-        raise ParameterError("channel_pruning is not available yet in this version")
-    if name not in SCHEMES:
-        raise ParameterError(f"unknown scheme {scheme!r}; expected one of {sorted(SCHEMES)}")
-    return SCHEMES[name]
+    if name not in SCHEME_NAMES:
+        raise ParameterError(f"unknown scheme {scheme!r}; expected one of {list(SCHEME_NAMES)}")
+    return name
 
 
 def _pairs_to_dict(pairs) -> dict[str, float]:

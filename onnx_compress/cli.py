@@ -18,7 +18,7 @@ from .errors import CompressionError, ParameterError
 
 log = logging.getLogger("onnx_compress")
 
-SCHEME_NAMES = ("weight_svd", "spatial_svd")
+SCHEME_NAMES = api.SCHEME_NAMES
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -52,10 +52,18 @@ def _parse_ratios(text: str) -> dict[str, float]:
     return ratios
 
 
+def _parse_floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ParameterError(f"{flag} expects numbers like 0.5 or 0.7,0.7, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="onnx-compress",
-        description="Compress ONNX models: weight SVD and spatial SVD with per-layer ratios.",
+        description="Compress ONNX models: weight SVD, spatial SVD and channel pruning with "
+                    "per-layer ratios.",
     )
     p.add_argument("--version", action="version", version=f"onnx-compress {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details (and tracebacks)")
@@ -73,17 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="print the table as JSON")
 
     com = sub.add_parser("compress", help="compress a model and write it",
-                         description="Split layers by weight SVD or spatial SVD at per-layer ratios "
-                                     "(cost after / cost before). Writes OUT atomically and prints "
-                                     "the statistics.")
+                         description="Compress layers by weight SVD, spatial SVD or channel pruning "
+                                     "(or a pipeline of them) at per-layer ratios (cost after / cost "
+                                     "before). Writes OUT atomically and prints the statistics.")
     com.add_argument("model", help="input .onnx file (never modified)")
     com.add_argument("-o", "--output", required=True, help="output .onnx file (its folder must exist)")
-    com.add_argument("--scheme", required=True, choices=SCHEME_NAMES, help="compression scheme")
+    com.add_argument("--scheme", required=True, metavar="S[,S...]",
+                     help=f"compression scheme, or a comma-separated pipeline applied in turn; "
+                          f"schemes: {', '.join(SCHEME_NAMES)} (e.g. spatial_svd,channel_pruning)")
     which = com.add_mutually_exclusive_group(required=True)
     which.add_argument("--ratios", metavar="NAME=R[,NAME=R...]",
                        help="per-layer ratios in (0, 1], layers named as `inspect` shows them")
-    which.add_argument("--ratio", type=float, metavar="R",
-                       help="one ratio for every layer the scheme applies to")
+    which.add_argument("--ratio", metavar="R[,R...]",
+                       help="one ratio for every layer the scheme applies to (for a pipeline: one "
+                            "value for all steps, or one per step)")
     com.add_argument("--multiplicity", type=int, default=1, metavar="M",
                      help="round ranks down to multiples of M (never to 0; default 1)")
     com.add_argument("--metric", choices=("mac", "memory"), default="mac",
@@ -92,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     com.add_argument("--stats", metavar="STATS.json", help="also write the statistics as JSON")
     com.add_argument("--eval-data", metavar="E.npz",
                      help="labelled data (inputs by name + 'labels'): report top-1 accuracy before/after")
+    com.add_argument("--data", metavar="CALIB.npz",
+                     help="calibration data (inputs by name) for channel pruning's sampling")
+    com.add_argument("--samples", type=int, default=2000, metavar="N",
+                     help="channel pruning: reconstruction samples per layer (default 2000)")
+    com.add_argument("--selection", choices=("greedy", "magnitude"), default="greedy",
+                     help="channel pruning: which input channels to keep (default greedy least squares)")
+    com.add_argument("--no-reconstruction", action="store_true",
+                     help="channel pruning: skip the least-squares refit of pruned layers")
+    com.add_argument("--seed", type=int, default=0, help="seed for sampling (default 0)")
     com.add_argument("--cuda", action="store_true", help="evaluate with CUDAExecutionProvider if available")
     com.add_argument("--external-data", action="store_true",
                      help="write weights to OUT.data beside the model (automatic above 2 GB "
@@ -156,11 +176,28 @@ def _check_output(model: str, output: str, *extra: str) -> None:
 
 def cmd_compress(args) -> int:
     _check_output(args.model, args.output, args.stats)
-    ratios = _parse_ratios(args.ratios) if args.ratios is not None else args.ratio
+    schemes = [s.strip() for s in args.scheme.split(",") if s.strip()]
+    for name in schemes:
+        if name not in SCHEME_NAMES:
+            raise ParameterError(f"--scheme: unknown scheme {name!r}; expected one of {', '.join(SCHEME_NAMES)}")
+    if args.ratios is not None:
+        if len(schemes) > 1:
+            raise ParameterError("--ratios names layers of one scheme; use --ratio for a pipeline")
+        ratios = _parse_ratios(args.ratios)
+    else:
+        ratios = _parse_floats(args.ratio, "--ratio")
+        if len(ratios) not in (1, len(schemes)):
+            raise ParameterError(f"--ratio gives {len(ratios)} values for {len(schemes)} scheme(s)")
+        ratios = ratios[0] if len(ratios) == 1 else ratios
+    if "channel_pruning" in schemes and not args.data:
+        raise ParameterError("channel_pruning needs calibration data: pass --data CALIB.npz")
     callback = evaluators.accuracy(args.eval_data) if args.eval_data else None
     model, stats = api.compress(
-        args.model, args.scheme, ratios, cost_metric=args.metric, multiplicity=args.multiplicity,
-        input_shape=_parse_shapes(args.input_shape), eval_callback=callback, use_cuda=args.cuda,
+        args.model, schemes if len(schemes) > 1 else schemes[0], ratios, cost_metric=args.metric,
+        multiplicity=args.multiplicity, input_shape=_parse_shapes(args.input_shape),
+        eval_callback=callback, use_cuda=args.cuda, data=args.data,
+        num_reconstruction_samples=args.samples, selection=args.selection,
+        reconstruct=not args.no_reconstruction, seed=args.seed,
     )
     if args.stats:
         _write_text(args.stats, stats.to_json())
@@ -200,7 +237,7 @@ COMMANDS = {"inspect": cmd_inspect, "compress": cmd_compress, "eval": cmd_eval}
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)

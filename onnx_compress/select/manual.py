@@ -62,3 +62,32 @@ def plan(analysis: Analysis, scheme: RankScheme, ratios: dict[str, float] | floa
             note = f"rank rounded up to multiplicity {multiplicity}"
         plans.append(RankPlan(layer, Fraction(q), rank, note))
     return plans, skipped
+
+
+def plan_channels(analysis: Analysis, check, ratios: dict[str, float] | float
+                  ) -> tuple[dict[str, Fraction], list[SkippedLayer]]:
+    """Channel pruning requests: layer name -> exact ratio, and the layers left out.
+
+    `check(layer)` gives the reason a layer cannot be pruned. A named layer that cannot
+    be pruned is an error; with one ratio for all, such layers are skipped with reasons.
+    """
+    skipped = [SkippedLayer(layer.name, layer.op, layer.reason) for layer in analysis.layers if layer.reason]
+    plans: dict[str, Fraction] = {}
+    if isinstance(ratios, dict):
+        for name, r in ratios.items():
+            layer = analysis.find(name)
+            q = check_ratio(r, f"layer '{name}'")
+            if reason := check(layer):
+                raise LayerError(f"layer '{name}' cannot take channel_pruning: {reason}")
+            if q == 1:
+                skipped.append(SkippedLayer(name, layer.op, "ratio 1.0: left unchanged"))
+            else:
+                plans[name] = q
+        return plans, skipped
+    q = check_ratio(ratios, "ratio")
+    for layer in analysis.compressible:
+        if reason := check(layer):
+            skipped.append(SkippedLayer(layer.name, layer.op, reason))
+        elif q < 1:
+            plans[layer.name] = q
+    return plans, skipped

@@ -1,0 +1,315 @@
+"""Channel pruning driver: per layer, in graph order, choose input channels to keep,
+winnow them from the layer's whole channel group, and refit the affected layers.
+
+For each requested layer L:
+1. build L's channel group on the current (already partly pruned) model;
+2. sample L's input patches from the current model through ONNX Runtime (at random
+   output positions of calibration batches, seeded) and choose the channels to keep
+   (`selection`: "greedy" least squares, or AIMET's "magnitude");
+3. winnow: remove the other channels from every tensor and node of the group, so the
+   upstream producers really lose output channels and their MACs fall too;
+4. reconstruct every layer that lost input channels: least squares on inputs from the
+   *pruned* model against outputs of the *original* model at the same positions.
+
+Layers inside If/Loop subgraphs are not pruned (their tensors cannot be sampled).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import onnx
+
+from . import data as data_mod
+from . import ir, layers, runtime
+from .errors import DataError, LayerError, ParameterError
+from .stats import LayerStats, SkippedLayer
+from .transforms import depgraph, reconstruct, svd
+
+log = logging.getLogger(__name__)
+
+SELECTIONS = tuple(reconstruct.SELECTORS)
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """How channel pruning samples, selects and refits.
+
+    data: calibration data (.npz path, dict of arrays, iterable of feed dicts, or a
+    CalibrationDataReader). num_reconstruction_samples: positions sampled per layer, in
+    total over the calibration batches. selection: "greedy" or "magnitude".
+    """
+
+    data: object
+    num_reconstruction_samples: int = 2000
+    allow_custom_downsample_ops: bool = False
+    selection: str = "greedy"
+    reconstruct: bool = True
+    seed: int = 0
+    use_cuda: bool = False
+    ridge: float = 1e-6
+
+
+def check_layer(layer: layers.Layer) -> str | None:
+    """Why channel pruning cannot take `layer` (None when it can)."""
+    if layer.reason:
+        return layer.reason
+    if layer.in_subgraph:
+        return "inside an If/Loop/Scan subgraph: its inputs cannot be sampled"
+    if layer.op == "Conv" and layer.group != 1:
+        if layer.weight.shape[1] == 1 and layer.group == layer.weight.shape[0]:
+            return f"depthwise conv, group={layer.group}: its channels are pruned with its consumer's group"
+        return f"grouped conv, group={layer.group}"
+    if layer.op == "Gemm" and int(layer.attrs.get("transA", 0)):
+        return "Gemm with transA=1"
+    return None
+
+
+def load_batches(settings: PruneSettings, proto: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds checked against the model's inputs (DataError when they do not fit)."""
+    if settings.data is None:
+        raise DataError("channel pruning needs calibration data (data_loader / --data)")
+    specs = {}
+    for inp in ir.graph_inputs(proto):
+        dims = inp.type.tensor_type.shape.dim
+        specs[inp.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+    feeds = []
+    for feed in data_mod.batches(settings.data):
+        data_mod.check_feed(feed, specs, "calibration data")
+        feeds.append({k: np.asarray(feed[k]) for k in specs})
+    if not feeds:
+        raise DataError("calibration data is empty")
+    return feeds
+
+
+# ---------------------------------------------------------------------------- sampling
+class Sampler:
+    """Runs the original and the current model on calibration batches, with the tensors a
+    layer needs exposed as outputs; caches the original model's activations."""
+
+    def __init__(self, original: onnx.ModelProto, feeds, settings: PruneSettings):
+        self.original = original
+        self.feeds = feeds
+        self.settings = settings
+        self._orig_cache: dict[str, list[np.ndarray]] = {}
+
+    def original_tensor(self, name: str) -> list[np.ndarray]:
+        if name not in self._orig_cache:
+            self._orig_cache[name] = self._run(self.original, name)
+        return self._orig_cache[name]
+
+    def current_tensor(self, model: onnx.ModelProto, name: str) -> list[np.ndarray]:
+        return self._run(model, name)
+
+    def _run(self, model: onnx.ModelProto, name: str) -> list[np.ndarray]:
+        sess = runtime.session(model, self.settings.use_cuda, extra_outputs=[name])
+        names = [o.name for o in sess.get_outputs()]
+        k = names.index(name)
+        return [sess.run([names[k]], feed)[0] for feed in self.feeds]
+
+
+def _positions_per_batch(total: int, batches: int) -> list[int]:
+    base, extra = divmod(total, batches)
+    return [base + (1 if i < extra else 0) for i in range(batches)]
+
+
+def _layer_patches(layer: layers.Layer, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """(n, C, K) input patches of `layer` at output `positions`."""
+    if layer.op == "Conv":
+        nd = layer.weight.ndim - 2
+        return reconstruct.conv_patches(
+            x, positions, layer.kernel, layer.attrs.get("strides", [1] * nd),
+            svd.explicit_pads(layer), layer.attrs.get("dilations", [1] * nd))
+    return reconstruct.matmul_rows(x, positions)
+
+
+def _layer_weight(layer: layers.Layer) -> np.ndarray:
+    """Weight as (n_out, C, K) with output = patches . weight (see reconstruct)."""
+    w = layer.weight
+    if layer.op == "Conv":
+        return w.reshape(w.shape[0], w.shape[1], -1)
+    k, n = layer.matrix_shape()
+    mat = w.T if (layer.op == "Gemm" and int(layer.attrs.get("transB", 0))) else w  # (K, N)
+    return mat.T[:, :, None]
+
+
+def _root_view(arr: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Gather (a, C_in, K) on axis 1 by root index (C_root, k) -> (a, C_root, k*K), zeros at -1."""
+    safe = np.where(index >= 0, index, 0)
+    out = arr[:, safe.reshape(-1), :].reshape(arr.shape[0], index.shape[0], index.shape[1], arr.shape[2])
+    out = out * (index >= 0)[None, :, :, None]
+    return out.reshape(arr.shape[0], index.shape[0], -1)
+
+
+def sample_layer(sampler: Sampler, model: onnx.ModelProto, layer: layers.Layer, rng, n_total: int,
+                 with_targets: bool, orig_layer_out: str, out_keep: np.ndarray | None):
+    """Patches (n, C, K) of `layer`'s input in `model`, and the original layer's outputs
+    (n, n_out) at the same positions (restricted to `out_keep` channels), or None."""
+    xs = sampler.current_tensor(model, layer.node.inputs[0].name)
+    ys = sampler.original_tensor(orig_layer_out) if with_targets else None
+    counts = _positions_per_batch(n_total, len(xs))
+    patches, targets = [], []
+    for i, (x, n) in enumerate(zip(xs, counts)):
+        if n == 0:
+            continue
+        out_shape = ys[i].shape if ys is not None else _out_shape(layer, x)
+        pos = reconstruct.sample_positions(rng, out_shape, n, matmul=layer.op != "Conv")
+        patches.append(_layer_patches(layer, x, pos))
+        if ys is not None:
+            y = ys[i]
+            if layer.op == "Conv":  # y[b, :, *spatial] for each sampled position -> (n, n_out)
+                t = y[(pos[:, 0], slice(None), *(pos[:, j] for j in range(1, pos.shape[1])))]
+            else:
+                t = y.reshape(-1, y.shape[-1])[pos[:, 0]]
+            targets.append(t if out_keep is None else t[:, out_keep])
+    p = np.concatenate(patches)
+    return p, (np.concatenate(targets) if targets else None)
+
+
+def _out_shape(layer: layers.Layer, x: np.ndarray) -> tuple[int, ...]:
+    if layer.op != "Conv":
+        return (*x.shape[:-1], layer.matrix_shape()[1])
+    return layer.out_shape if layer.out_shape else x.shape
+
+
+# ------------------------------------------------------------------------------ driver
+@dataclass
+class _State:
+    model: onnx.ModelProto
+    out_keep: dict[str, np.ndarray]  # layer name -> original output channels still present
+    pruned_with: dict[str, str]  # layer name -> root of the group that pruned its inputs
+
+
+def prune(proto: onnx.ModelProto, ratios: dict[str, Fraction], settings: PruneSettings,
+          input_dims, multiplicity: int, progress=None) -> tuple[onnx.ModelProto, list[LayerStats], list[SkippedLayer]]:
+    """Prune the input channels of the layers in `ratios` (layer name -> ratio), in graph order."""
+    if settings.selection not in reconstruct.SELECTORS:
+        raise ParameterError(f"channel selection must be one of {SELECTIONS}, got {settings.selection!r}")
+    if settings.num_reconstruction_samples < 1:
+        raise ParameterError(f"num_reconstruction_samples must be >= 1, got {settings.num_reconstruction_samples}")
+    feeds = load_batches(settings, proto)
+    sampler = Sampler(proto, feeds, settings)
+    rng = np.random.default_rng(settings.seed)
+    state = _State(model=proto, out_keep={}, pruned_with={})
+    first = layers.analyze(proto, input_dims)
+    order = [l.name for l in first.layers if l.name in ratios]
+    stats, skipped = [], []
+    for step, name in enumerate(order):
+        if progress:
+            progress(step, len(order), name)
+        result = _prune_one(state, sampler, name, ratios[name], settings, input_dims, multiplicity, rng)
+        if isinstance(result, SkippedLayer):
+            skipped.append(result)
+        else:
+            stats.append(result)
+    return state.model, stats, skipped
+
+
+def _prune_one(state: _State, sampler: Sampler, name: str, ratio: Fraction, settings: PruneSettings,
+               input_dims, multiplicity: int, rng):
+    analysis = layers.analyze(state.model, input_dims)
+    layer = analysis.find(name)
+    if name in state.pruned_with:
+        return SkippedLayer(name, layer.op, f"input channels already pruned with the group of "
+                                            f"'{state.pruned_with[name]}'")
+    group = depgraph.build_group(layer, analysis.graph, analysis.shapes)
+    size = group.size
+    if ratio.numerator * size < ratio.denominator:
+        raise ParameterError(
+            f"layer '{name}': ratio {float(ratio):g} would remove every one of its {size} input channels; "
+            f"the smallest ratio that keeps one is {1 / size:.4f}"
+        )
+    keep = reconstruct.kept_count(size, ratio, multiplicity)
+    n_locked = int(group.locked.sum())
+    note = ""
+    if n_locked == size:
+        return SkippedLayer(name, layer.op, f"no channel can be removed: {group.lock_summary()}")
+    if keep < n_locked:
+        note = f"kept {n_locked} (not {keep}): locked by {group.lock_summary()}"
+        keep = n_locked
+    if keep >= size:
+        return SkippedLayer(name, layer.op, f"ratio {float(ratio):g} keeps all {size} channels")
+    # choose the channels on the root layer's own input
+    root_index = group.positions[layer.node.inputs[0].name].index
+    weight_view = _root_view(_layer_weight(layer), root_index)
+    patches_view = None
+    if settings.selection != "magnitude":
+        patches, _ = sample_layer(sampler, state.model, layer, rng, settings.num_reconstruction_samples,
+                                  False, "", None)
+        patches_view = _root_view(patches.astype(np.float64), root_index)
+    kept = reconstruct.SELECTORS[settings.selection](patches_view, weight_view, keep, group.locked)
+    removed = np.setdiff1d(np.arange(size), kept)
+    in_layers = group.in_layers()
+    for other in in_layers:
+        if other != name:
+            state.pruned_with.setdefault(other, name)
+    before = {l.name: l for l in analysis.compressible}
+    removed_out = depgraph.winnow(group, removed, ir.all_names(analysis.graph))
+    for lname, idx in removed_out.items():
+        keep_idx = state.out_keep.get(lname)
+        if keep_idx is None:
+            keep_idx = np.arange(_n_out(before[lname]))
+        state.out_keep[lname] = np.delete(keep_idx, idx)
+    state.model = ir.export(analysis.graph, state.model)
+    refits = []
+    if settings.reconstruct:
+        for lname in in_layers:
+            if lname in before and not before[lname].in_subgraph:
+                refits.append(_refit(state, sampler, lname, settings, input_dims, rng))
+    mac_before = layer.mac
+    frac = Fraction(keep, size)
+    extra = ", ".join(n for n in in_layers if n != name)
+    notes = [note] if note else []
+    if extra:
+        notes.append(f"same group: {extra}")
+    if any(r for r in refits):
+        notes.append("under-determined refit (more samples would help)")
+    return LayerStats(
+        name=name, op=layer.op, scheme="channel_pruning", requested_ratio=float(ratio),
+        achieved_ratio=float(frac), rank=keep, full_rank=size,
+        mac_before=mac_before, mac_after=None if mac_before is None else mac_before * keep // size,
+        memory_before=layer.memory, memory_after=layer.memory * keep // size, note="; ".join(notes),
+    )
+
+
+def _n_out(layer: layers.Layer) -> int:
+    return layer.weight.shape[0] if layer.op == "Conv" else layer.matrix_shape()[1]
+
+
+def _refit(state: _State, sampler: Sampler, name: str, settings: PruneSettings, input_dims, rng) -> bool:
+    """Least-squares refit of layer `name`'s weight (and bias) on the current model."""
+    analysis = layers.analyze(state.model, input_dims)
+    layer = analysis.find(name)
+    node = layer.node
+    fit_bias = layer.op != "MatMul"
+    patches, targets = sample_layer(sampler, state.model, layer, rng, settings.num_reconstruction_samples,
+                                    True, node.outputs[0].name, state.out_keep.get(name))
+    # Targets come from the original model, whose output tensor has the same name.
+    eqs = reconstruct.NormalEquations(dim=patches.shape[1] * patches.shape[2], n_out=targets.shape[1],
+                                      fit_bias=fit_bias)
+    eqs.add(patches.reshape(len(patches), -1).astype(np.float64), targets.astype(np.float64))
+    sol = eqs.solve(settings.ridge)
+    dtype = layer.weight.dtype
+    w = sol.weight.reshape(targets.shape[1], patches.shape[1], patches.shape[2])
+    taken = ir.all_names(analysis.graph)
+    if layer.op == "Conv":
+        new_w = w.reshape(layer.weight.shape).astype(dtype)
+    else:
+        mat = w[:, :, 0]  # (N, K)
+        trans = layer.op == "Gemm" and int(layer.attrs.get("transB", 0))
+        new_w = (mat if trans else mat.T).astype(dtype)
+        if layer.op == "Gemm":
+            node.attrs["alpha"] = 1.0
+            node.attrs["beta"] = 1.0
+    ir.set_input(node, 1, new_w, ir.unique_name(None, f"{name}.weight", taken))
+    if fit_bias:
+        bias = sol.bias.astype(dtype)
+        if len(node.inputs) > 2 and node.inputs[2].name:
+            ir.set_input(node, 2, bias, ir.unique_name(None, f"{name}.bias", taken))
+        else:
+            ir.append_input(node, bias, ir.unique_name(None, f"{name}.bias", taken))
+    state.model = ir.export(analysis.graph, state.model)
+    return bool(sol.underdetermined)
