@@ -6,6 +6,7 @@ AIMET-shaped `ModelCompressor.compress_model(...)`. See README.md.
 from __future__ import annotations
 
 from .api import (
+    ChannelPruningParameters,
     CompressionScheme,
     CostMetric,
     GreedySelectionParameters,
@@ -24,7 +25,7 @@ from .stats import CompressionStats, LayerStats, SkippedLayer
 __version__ = "0.1.0"
 
 __all__ = [
-    "CompressionError", "CompressionScheme", "CompressionStats", "CostMetric", "DataError",
+    "ChannelPruningParameters", "CompressionError", "CompressionScheme", "CompressionStats", "CostMetric", "DataError",
     "GreedySelectionParameters", "LayerError", "LayerStats", "ModelCompressor", "ModelLoadError",
     "ModuleCompRatioPair", "ParameterError", "RankSelectScheme", "ShapeError", "SkippedLayer",
     "SpatialSvdParameters", "WeightSvdParameters", "compress", "inspect", "save",

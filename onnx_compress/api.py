@@ -95,7 +95,8 @@ def _run_step(proto, name: str, ratios, metric: str, multiplicity: int, dims, se
     analysis = layers.analyze(proto, dims)
     if name == "channel_pruning":
         plans, skipped = manual.plan_channels(analysis, pruning.check_layer, ratios)
-        out, lstats, more = pruning.prune(proto, plans, settings, dims, multiplicity)
+        out, lstats, more = pruning.prune(proto, plans, settings, dims, multiplicity,
+                                          named=isinstance(ratios, dict))
         return out, lstats, skipped + more
     scheme_obj = SCHEMES[name]
     plans, skipped = manual.plan(analysis, scheme_obj, ratios, metric, multiplicity)
@@ -258,6 +259,42 @@ class SpatialSvdParameters(_SvdParameters):
     scheme = "spatial_svd"
 
 
+@dataclass(frozen=True)
+class _ChannelAutoModeParams:
+    greedy_select_params: GreedySelectionParameters
+    modules_to_ignore: list | None = None
+
+
+class ChannelPruningParameters:
+    """Channel pruning settings (AIMET's shape).
+
+    data_loader: calibration data (.npz path, dict of arrays, iterable of feed dicts, or a
+    CalibrationDataReader); num_reconstruction_samples: samples per layer for the
+    least-squares refit; allow_custom_downsample_ops: insert channel Gathers where
+    upstream producers cannot lose channels (not supported yet: must be False).
+    """
+
+    Mode = _Mode
+    ManualModeParams = _ManualModeParams
+    AutoModeParams = _ChannelAutoModeParams
+    scheme = "channel_pruning"
+
+    def __init__(self, data_loader, num_reconstruction_samples: int, allow_custom_downsample_ops: bool,
+                 mode, params, multiplicity: int = 1):
+        self.data_loader = data_loader
+        self.num_reconstruction_samples = num_reconstruction_samples
+        self.allow_custom_downsample_ops = allow_custom_downsample_ops
+        self.mode = mode
+        self.params = params
+        self.multiplicity = multiplicity
+
+    def __repr__(self) -> str:
+        return (f"ChannelPruningParameters(mode={self.mode}, params={self.params}, "
+                f"num_reconstruction_samples={self.num_reconstruction_samples}, "
+                f"allow_custom_downsample_ops={self.allow_custom_downsample_ops}, "
+                f"multiplicity={self.multiplicity})")
+
+
 class ModelCompressor:
     """AIMET's entry point, on ONNX models."""
 
@@ -270,10 +307,10 @@ class ModelCompressor:
         onnxruntime.InferenceSession of the candidate model; it may be None in manual mode.
         """
         scheme = str(getattr(compress_scheme, "value", compress_scheme))
-        if not isinstance(parameters, _SvdParameters):
+        if not isinstance(parameters, (_SvdParameters, ChannelPruningParameters)):
             raise ParameterError(
-                f"parameters must be WeightSvdParameters or SpatialSvdParameters for {scheme}, "
-                f"got {type(parameters).__name__}"
+                "parameters must be WeightSvdParameters, SpatialSvdParameters or "
+                f"ChannelPruningParameters, got {type(parameters).__name__}"
             )
         if parameters.scheme != scheme:
             raise ParameterError(
@@ -290,6 +327,11 @@ class ModelCompressor:
         if trainer is not None:
             raise ParameterError("trainer (per-layer fine-tuning) is not available yet in manual mode")
         ratios = _pairs_to_dict(parameters.params.list_of_module_comp_ratio_pairs)
+        extra = {}
+        if isinstance(parameters, ChannelPruningParameters):
+            extra = dict(data=parameters.data_loader,
+                         num_reconstruction_samples=parameters.num_reconstruction_samples,
+                         allow_custom_downsample_ops=parameters.allow_custom_downsample_ops)
         return compress(model, scheme, ratios, cost_metric=cost_metric,
                         multiplicity=parameters.multiplicity, input_shape=input_shape,
-                        eval_callback=eval_callback, eval_iterations=eval_iterations)
+                        eval_callback=eval_callback, eval_iterations=eval_iterations, **extra)

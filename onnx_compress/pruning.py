@@ -184,8 +184,12 @@ class _State:
 
 
 def prune(proto: onnx.ModelProto, ratios: dict[str, Fraction], settings: PruneSettings,
-          input_dims, multiplicity: int, progress=None) -> tuple[onnx.ModelProto, list[LayerStats], list[SkippedLayer]]:
-    """Prune the input channels of the layers in `ratios` (layer name -> ratio), in graph order."""
+          input_dims, multiplicity: int, named: bool = True, progress=None) -> tuple[onnx.ModelProto, list[LayerStats], list[SkippedLayer]]:
+    """Prune the input channels of the layers in `ratios` (layer name -> ratio), in graph order.
+
+    `named`: the user named these layers (a ratio that cannot apply is an error) rather than
+    asking for one ratio everywhere (such layers are skipped with the reason).
+    """
     if settings.selection not in reconstruct.SELECTORS:
         raise ParameterError(f"channel selection must be one of {SELECTIONS}, got {settings.selection!r}")
     if settings.num_reconstruction_samples < 1:
@@ -200,7 +204,7 @@ def prune(proto: onnx.ModelProto, ratios: dict[str, Fraction], settings: PruneSe
     for step, name in enumerate(order):
         if progress:
             progress(step, len(order), name)
-        result = _prune_one(state, sampler, name, ratios[name], settings, input_dims, multiplicity, rng)
+        result = _prune_one(state, sampler, name, ratios[name], settings, input_dims, multiplicity, rng, named)
         if isinstance(result, SkippedLayer):
             skipped.append(result)
         else:
@@ -209,7 +213,7 @@ def prune(proto: onnx.ModelProto, ratios: dict[str, Fraction], settings: PruneSe
 
 
 def _prune_one(state: _State, sampler: Sampler, name: str, ratio: Fraction, settings: PruneSettings,
-               input_dims, multiplicity: int, rng):
+               input_dims, multiplicity: int, rng, named: bool):
     analysis = layers.analyze(state.model, input_dims)
     layer = analysis.find(name)
     if name in state.pruned_with:
@@ -217,16 +221,17 @@ def _prune_one(state: _State, sampler: Sampler, name: str, ratio: Fraction, sett
                                             f"'{state.pruned_with[name]}'")
     group = depgraph.build_group(layer, analysis.graph, analysis.shapes)
     size = group.size
-    if ratio.numerator * size < ratio.denominator:
-        raise ParameterError(
-            f"layer '{name}': ratio {float(ratio):g} would remove every one of its {size} input channels; "
-            f"the smallest ratio that keeps one is {1 / size:.4f}"
-        )
-    keep = reconstruct.kept_count(size, ratio, multiplicity)
     n_locked = int(group.locked.sum())
-    note = ""
     if n_locked == size:
         return SkippedLayer(name, layer.op, f"no channel can be removed: {group.lock_summary()}")
+    if ratio.numerator * size < ratio.denominator:
+        why = (f"ratio {float(ratio):g} would remove every one of its {size} input channels; "
+               f"the smallest ratio that keeps one is {1 / size:.4f}")
+        if named:
+            raise ParameterError(f"layer '{name}': {why}")
+        return SkippedLayer(name, layer.op, why)
+    keep = reconstruct.kept_count(size, ratio, multiplicity)
+    note = ""
     if keep < n_locked:
         note = f"kept {n_locked} (not {keep}): locked by {group.lock_summary()}"
         keep = n_locked

@@ -142,9 +142,18 @@ class _Walk:
             return
         old = self.g.positions.get(tensor.name)
         if old is not None:
-            if old.axis != axis or old.index.shape != index.shape or not np.array_equal(old.index, index):
-                self.lock(index, f"tensor '{tensor.name}' ties its channels in two different ways")
-                self.lock(old.index, f"tensor '{tensor.name}' ties its channels in two different ways")
+            # Partial views of one tensor (e.g. one Concat segment) merge when they agree.
+            new_rows, old_rows = (index >= 0).any(axis=1), (old.index >= 0).any(axis=1)
+            both = new_rows & old_rows
+            if (old.axis != axis or old.index.shape != index.shape
+                    or not np.array_equal(old.index[both], index[both])):
+                why = f"tensor '{tensor.name}' ties its channels in two different ways"
+                self.lock(index, why)
+                self.lock(old.index, why)
+                return
+            if (new_rows & ~old_rows).any():
+                old.index = np.where(new_rows[:, None], index, old.index)
+                self.queue.append(old)
             return
         pos = Position(tensor, axis, index)
         self.g.positions[tensor.name] = pos
