@@ -58,9 +58,6 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     multiplicity = cost.check_multiplicity(multiplicity)
     settings = None
     if "channel_pruning" in steps:
-        if allow_custom_downsample_ops:
-            raise ParameterError("allow_custom_downsample_ops=True is not supported yet; locked channels "
-                                 "are kept and reported instead")
         settings = pruning.PruneSettings(
             data=data, num_reconstruction_samples=int(num_reconstruction_samples),
             allow_custom_downsample_ops=allow_custom_downsample_ops, selection=selection,
@@ -271,7 +268,7 @@ class ChannelPruningParameters:
     data_loader: calibration data (.npz path, dict of arrays, iterable of feed dicts, or a
     CalibrationDataReader); num_reconstruction_samples: samples per layer for the
     least-squares refit; allow_custom_downsample_ops: insert channel Gathers where
-    upstream producers cannot lose channels (not supported yet: must be False).
+    upstream producers cannot lose channels (otherwise those channels are kept and reported).
     """
 
     Mode = _Mode

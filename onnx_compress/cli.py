@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="channel pruning: which input channels to keep (default greedy least squares)")
     com.add_argument("--no-reconstruction", action="store_true",
                      help="channel pruning: skip the least-squares refit of pruned layers")
+    com.add_argument("--allow-downsample", action="store_true",
+                     help="channel pruning: where upstream cannot lose channels (graph input, shared "
+                          "tensor), drop them at the layer with a channel Gather instead of keeping them")
     com.add_argument("--seed", type=int, default=0, help="seed for sampling (default 0)")
     com.add_argument("--cuda", action="store_true", help="evaluate with CUDAExecutionProvider if available")
     com.add_argument("--external-data", action="store_true",
@@ -198,6 +201,7 @@ def cmd_compress(args) -> int:
         eval_callback=callback, use_cuda=args.cuda, data=args.data,
         num_reconstruction_samples=args.samples, selection=args.selection,
         reconstruct=not args.no_reconstruction, seed=args.seed,
+        allow_custom_downsample_ops=args.allow_downsample,
     )
     if args.stats:
         _write_text(args.stats, stats.to_json())

@@ -233,6 +233,21 @@ def append_input(node: gs.Node, value: np.ndarray, name: str) -> None:
     node.inputs.append(gs.Constant(name, np.ascontiguousarray(value)))
 
 
+def insert_gather(graph: gs.Graph, node: gs.Node, slot: int, indices: np.ndarray, axis: int,
+                  name: str, taken: set[str]) -> str:
+    """Feed input `slot` of `node` through Gather(indices, axis); return the Gather's name.
+
+    Only `node` sees the gathered tensor; other consumers keep the original.
+    """
+    src = node.inputs[slot]
+    name = unique_name(graph, name, taken)
+    out = gs.Variable(unique_name(graph, f"{name}.out", taken), dtype=src.dtype)
+    idx = gs.Constant(unique_name(graph, f"{name}.indices", taken), np.asarray(indices, dtype=np.int64))
+    graph.nodes.append(gs.Node("Gather", name=name, attrs={"axis": int(axis)}, inputs=[src, idx], outputs=[out]))
+    node.inputs[slot] = out
+    return name
+
+
 def forget_shape(tensor: gs.Tensor) -> None:
     """Drop a variable's recorded shape (it changed); export re-infers it."""
     if isinstance(tensor, gs.Variable):

@@ -222,7 +222,7 @@ def _prune_one(state: _State, sampler: Sampler, name: str, ratio: Fraction, sett
     group = depgraph.build_group(layer, analysis.graph, analysis.shapes)
     size = group.size
     n_locked = int(group.locked.sum())
-    if n_locked == size:
+    if n_locked == size and not settings.allow_custom_downsample_ops:
         return SkippedLayer(name, layer.op, f"no channel can be removed: {group.lock_summary()}")
     if ratio.numerator * size < ratio.denominator:
         why = (f"ratio {float(ratio):g} would remove every one of its {size} input channels; "
@@ -232,7 +232,8 @@ def _prune_one(state: _State, sampler: Sampler, name: str, ratio: Fraction, sett
         return SkippedLayer(name, layer.op, why)
     keep = reconstruct.kept_count(size, ratio, multiplicity)
     note = ""
-    if keep < n_locked:
+    gather = settings.allow_custom_downsample_ops and n_locked > 0
+    if keep < n_locked and not gather:
         note = f"kept {n_locked} (not {keep}): locked by {group.lock_summary()}"
         keep = n_locked
     if keep >= size:
@@ -245,14 +246,22 @@ def _prune_one(state: _State, sampler: Sampler, name: str, ratio: Fraction, sett
         patches, _ = sample_layer(sampler, state.model, layer, rng, settings.num_reconstruction_samples,
                                   False, "", None)
         patches_view = _root_view(patches.astype(np.float64), root_index)
-    kept = reconstruct.SELECTORS[settings.selection](patches_view, weight_view, keep, group.locked)
+    locked = None if gather else group.locked
+    kept = reconstruct.SELECTORS[settings.selection](patches_view, weight_view, keep, locked)
     removed = np.setdiff1d(np.arange(size), kept)
+    downsampled = removed[group.locked[removed]]  # only with a custom downsample op
+    removed = removed[~group.locked[removed]]
     in_layers = group.in_layers()
     for other in in_layers:
         if other != name:
             state.pruned_with.setdefault(other, name)
     before = {l.name: l for l in analysis.compressible}
-    removed_out = depgraph.winnow(group, removed, ir.all_names(analysis.graph))
+    taken = ir.all_names(analysis.graph)
+    removed_out = depgraph.winnow(group, removed, taken)
+    if len(downsampled):
+        _downsample(analysis.graph, group, layer, removed, downsampled, taken)
+        notes_gather = f"channel Gather inserted for {len(downsampled)} locked channel(s)"
+        note = f"{note}; {notes_gather}" if note else notes_gather
     for lname, idx in removed_out.items():
         keep_idx = state.out_keep.get(lname)
         if keep_idx is None:
@@ -278,6 +287,38 @@ def _prune_one(state: _State, sampler: Sampler, name: str, ratio: Fraction, sett
         mac_before=mac_before, mac_after=None if mac_before is None else mac_before * keep // size,
         memory_before=layer.memory, memory_after=layer.memory * keep // size, note="; ".join(notes),
     )
+
+
+def _downsample(graph, group, layer: layers.Layer, removed: np.ndarray, downsampled: np.ndarray,
+                taken: set[str]) -> None:
+    """Drop the locked root channels `downsampled` from `layer` alone, through a Gather
+    in front of it (AIMET's "custom downsample op"); the upstream keeps them."""
+    node = layer.node
+    pos = group.positions[node.inputs[0].name]
+    gone = pos.removed(removed)  # already winnowed from the tensor
+    drop = pos.removed(downsampled)  # to drop now, numbered before winnowing
+    width = int(pos.index.max()) + 1 + len(gone)  # upper bound on the tensor's channel count
+    old = np.setdiff1d(np.arange(max(width, int(drop.max()) + 1)), gone)
+    current = {int(c): i for i, c in enumerate(old)}
+    drop_now = np.array([current[int(c)] for c in drop], dtype=np.int64)
+    channels = _input_width(node, pos.axis)
+    keep_now = np.setdiff1d(np.arange(channels), drop_now)
+    ir.insert_gather(graph, node, 0, keep_now, pos.axis, f"{layer.name}.downsample", taken)
+    weight = ir.constant_value(node.inputs[1])
+    if node.op == "Conv":
+        axis = 1
+    else:
+        axis = 1 if (node.op == "Gemm" and int(node.attrs.get("transB", 0))) else 0
+    ir.set_input(node, 1, np.delete(weight, drop_now, axis=axis), ir.unique_name(None, f"{layer.name}.weight", taken))
+
+
+def _input_width(node, axis: int) -> int:
+    """The layer's current input channel count, read from its (already winnowed) weight."""
+    weight = ir.constant_value(node.inputs[1])
+    if node.op == "Conv":
+        return int(weight.shape[1])
+    trans = node.op == "Gemm" and int(node.attrs.get("transB", 0))
+    return int(weight.shape[1] if trans else weight.shape[0])
 
 
 def _n_out(layer: layers.Layer) -> int:

@@ -173,3 +173,30 @@ def test_cli_channel_pruning_without_data_fails_cleanly(tmp_path):
                         "-o", str(tmp_path / "o.onnx"), "--scheme", "channel_pruning", "--ratio", "0.5"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "needs calibration data" in r.stderr and not (tmp_path / "o.onnx").exists()
+
+
+def test_custom_downsample_gather_only_when_allowed():
+    model = nets.grouped_net()
+    x = nets.calib(model, 4, seed=1)
+    _, stats = oc.compress(model, "channel_pruning", {"c3": 0.5}, data=nets.calib(model))
+    assert not stats.layers and "grouped conv 'grouped'" in stats.skipped[0].reason
+    out, stats = oc.compress(model, "channel_pruning", {"c3": 0.5}, data=nets.calib(model),
+                             allow_custom_downsample_ops=True)
+    gathers = [n for n in out.graph.node if n.op_type == "Gather"]
+    assert len(gathers) == 1 and "channel Gather" in stats.layers[0].note
+    assert {l.name: l.weight.shape for l in oc.inspect(out).compressible}["c3"][1] == 4
+    assert {l.name: l.weight.shape for l in oc.inspect(out).compressible}["grouped"][0] == 8  # upstream kept
+    assert b.run(out, x)[0].shape == (4, 10)
+
+
+def test_custom_downsample_is_exact_for_zeroed_channels():
+    """Channels whose weights are zero in the layer: the Gather removes them exactly."""
+    model = nets.grouped_net()
+    w = next(t for t in model.graph.initializer if t.name == "c3.w")
+    arr = onnx.numpy_helper.to_array(w).copy()
+    arr[:, 4:] = 0
+    w.CopyFrom(onnx.numpy_helper.from_array(arr, "c3.w"))
+    out, _ = oc.compress(model, "channel_pruning", {"c3": 0.5}, data=nets.calib(model), selection="magnitude",
+                         reconstruct=False, allow_custom_downsample_ops=True)
+    x = nets.calib(model, 4, seed=1)
+    np.testing.assert_allclose(b.run(out, x)[0], b.run(model, x)[0], rtol=1e-5, atol=1e-5)
