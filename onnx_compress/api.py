@@ -15,7 +15,8 @@ from enum import Enum
 import onnx
 
 from . import cost, ir, layers, pruning, runtime
-from .errors import ParameterError
+from . import data as data_mod
+from .errors import CompressionError, ParameterError
 from .select import manual
 from .stats import CompressionStats, LayerStats
 from .transforms import SCHEMES, apply
@@ -66,7 +67,7 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
             raise ParameterError("channel_pruning needs calibration data: pass data= (an .npz path, a dict "
                                  "of arrays, an iterable of feed dicts or a CalibrationDataReader)")
     proto = ir.load(model)
-    first = layers.analyze(proto, input_shape)
+    first = layers.analyze(proto, input_shape, _data_shapes(data) if data is not None else None)
     dims = first.input_dims
     baseline = runtime.evaluate(proto, eval_callback, eval_iterations, use_cuda) if eval_callback else None
     current, layer_stats, skipped = proto, [], []
@@ -85,6 +86,15 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
         baseline_score=baseline, final_score=final, input_dims=dict(dims),
     )
     return current, stats
+
+
+def _data_shapes(data) -> dict[str, tuple[int, ...]] | None:
+    """Shapes of the first calibration batch with batch size 1, to fix dynamic dims."""
+    try:
+        shapes = data_mod.first_shapes(data)
+    except CompressionError:
+        return None  # reported with context when the data is used
+    return {k: (1, *v[1:]) for k, v in shapes.items() if len(v) >= 1}
 
 
 def _run_step(proto, name: str, ratios, metric: str, multiplicity: int, dims, settings):
