@@ -16,6 +16,7 @@ from .api import (
     SpatialSvdParameters,
     WeightSvdParameters,
     compress,
+    compress_auto,
     inspect,
 )
 from .errors import CompressionError, DataError, LayerError, ModelLoadError, ParameterError, ShapeError
@@ -28,5 +29,5 @@ __all__ = [
     "ChannelPruningParameters", "CompressionError", "CompressionScheme", "CompressionStats", "CostMetric", "DataError",
     "GreedySelectionParameters", "LayerError", "LayerStats", "ModelCompressor", "ModelLoadError",
     "ModuleCompRatioPair", "ParameterError", "RankSelectScheme", "ShapeError", "SkippedLayer",
-    "SpatialSvdParameters", "WeightSvdParameters", "compress", "inspect", "save",
+    "SpatialSvdParameters", "WeightSvdParameters", "compress", "compress_auto", "inspect", "save",
 ]

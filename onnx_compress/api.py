@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from fractions import Fraction
 
 import onnx
 
@@ -18,7 +19,7 @@ from . import cost, ir, layers, pruning, runtime
 from . import data as data_mod
 from .errors import CompressionError, ParameterError
 from .select import manual
-from .stats import CompressionStats, LayerStats
+from .stats import CompressionStats, LayerStats, SkippedLayer
 from .transforms import SCHEMES, apply
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,8 @@ class _ManualModeParams:
 
 @dataclass(frozen=True)
 class _SvdAutoModeParams:
+    """Auto mode: `greedy_select_params`, layers to ignore, and the rank selection scheme."""
+
     greedy_select_params: GreedySelectionParameters
     modules_to_ignore: list | None = None
     rank_select_scheme: RankSelectScheme = RankSelectScheme.greedy
@@ -245,8 +248,10 @@ class _SvdParameters:
     AutoModeParams = _SvdAutoModeParams
     scheme = ""
 
-    def __init__(self, mode, params, multiplicity: int = 1):
+    def __init__(self, mode, params, multiplicity: int = 1, data_loader=None, num_reconstruction_samples: int = 2000):
         self.mode = mode
+        self.data_loader = data_loader
+        self.num_reconstruction_samples = num_reconstruction_samples
         self.params = params
         self.multiplicity = multiplicity
 
@@ -324,21 +329,203 @@ class ModelCompressor:
                 f"compress_scheme is {scheme} but parameters are {type(parameters).__name__}"
             )
         mode = getattr(parameters.mode, "value", parameters.mode)
-        if mode == "auto":
-            raise ParameterError(
-                "auto mode (greedy ratio selection) is not available yet in this version; "
-                "use Mode.manual with ManualModeParams"
-            )
-        if mode != "manual" or not isinstance(parameters.params, _ManualModeParams):
-            raise ParameterError("manual mode needs params=ManualModeParams(list_of_module_comp_ratio_pairs)")
-        if trainer is not None:
-            raise ParameterError("trainer (per-layer fine-tuning) is not available yet in manual mode")
-        ratios = _pairs_to_dict(parameters.params.list_of_module_comp_ratio_pairs)
         extra = {}
         if isinstance(parameters, ChannelPruningParameters):
             extra = dict(data=parameters.data_loader,
                          num_reconstruction_samples=parameters.num_reconstruction_samples,
                          allow_custom_downsample_ops=parameters.allow_custom_downsample_ops)
+        if mode == "auto":
+            auto = parameters.params
+            greedy_params = getattr(auto, "greedy_select_params", None)
+            if not isinstance(greedy_params, GreedySelectionParameters):
+                raise ParameterError("auto mode needs params=AutoModeParams(GreedySelectionParameters(...))")
+            rank = getattr(auto, "rank_select_scheme", RankSelectScheme.greedy)
+            extra.pop("allow_custom_downsample_ops", None)
+            return compress_auto(
+                model, scheme, greedy_params.target_comp_ratio, eval_callback, eval_iterations,
+                cost_metric=cost_metric, candidates=greedy_params.num_comp_ratio_candidates,
+                use_monotonic_fit=greedy_params.use_monotonic_fit,
+                saved_eval_scores_dict=greedy_params.saved_eval_scores_dict,
+                rank_select=str(getattr(rank, "value", rank)), modules_to_ignore=auto.modules_to_ignore,
+                trainer=trainer, multiplicity=parameters.multiplicity, input_shape=input_shape, **extra)
+        if mode != "manual" or not isinstance(parameters.params, _ManualModeParams):
+            raise ParameterError("manual mode needs params=ManualModeParams(list_of_module_comp_ratio_pairs)")
+        if trainer is not None:
+            raise ParameterError("trainer (per-layer fine-tuning) runs in auto mode; in manual mode, "
+                                 "fine-tune the returned model yourself")
+        ratios = _pairs_to_dict(parameters.params.list_of_module_comp_ratio_pairs)
         return compress(model, scheme, ratios, cost_metric=cost_metric,
                         multiplicity=parameters.multiplicity, input_shape=input_shape,
                         eval_callback=eval_callback, eval_iterations=eval_iterations, **extra)
+
+
+# ------------------------------------------------------------------------- auto mode
+def compress_auto(model, scheme: str, target: float, eval_callback: Callable, eval_iterations: int | None = None,
+                  *, cost_metric: str = "mac", candidates: int = 10, use_monotonic_fit: bool = False,
+                  method: str = "knapsack", rank_select: str = "greedy", modules_to_ignore=None,
+                  config_list=None, saved_eval_scores_dict=None, scores_out=None, workers: int = 1,
+                  trainer=None, multiplicity: int = 1, input_shape=None, use_cuda: bool = False, data=None,
+                  num_reconstruction_samples: int = 2000, selection: str = "greedy", reconstruct: bool = True,
+                  seed: int = 0, progress: Callable | None = None) -> tuple[onnx.ModelProto, CompressionStats]:
+    """Auto mode: choose per-layer ratios so the model's cost ratio meets `target`.
+
+    Builds the eval-score dictionary (every selected layer alone at each of the
+    `candidates` - 1 ratios i/N, scored with `eval_callback(session, iterations, use_cuda)`),
+    then picks one ratio per layer maximising the expected score without exceeding the
+    target (`method`: "knapsack", exact; or "threshold", AIMET's bisection). The achieved
+    ratio is measured on the result. `rank_select="tar"` (weight/spatial SVD) uses
+    relative-error levels as candidates instead of ratios. `config_list` / `modules_to_ignore`
+    choose the layers (NNI style; entries with a `ratio` are fixed). The dictionary is
+    returned in the statistics, saved as JSON to `scores_out` when given, and reused from
+    `saved_eval_scores_dict` (a path) without evaluations when it matches the model.
+    `trainer.train_model(model, layer_name, train_flag=True) -> ModelProto` is called after
+    each layer of the final compression. `progress(done, total)` reports the dictionary.
+    """
+    from .select import config as config_mod
+    from .select import greedy, prune_units, scores_io
+
+    name = _scheme_name(scheme)
+    metric = cost.check_metric(cost_metric)
+    multiplicity = cost.check_multiplicity(multiplicity)
+    target_q = cost.check_ratio(target, "target_comp_ratio")
+    if eval_callback is None:
+        raise ParameterError("auto mode needs an eval_callback (or the CLI's --eval) to score candidates")
+    if rank_select not in ("greedy", "tar"):
+        raise ParameterError(f"rank_select must be 'greedy' or 'tar', got {rank_select!r}")
+    if rank_select == "tar" and name == "channel_pruning":
+        raise ParameterError("rank_select='tar' applies to weight_svd and spatial_svd, not channel_pruning")
+    if not isinstance(workers, int) or workers < 1:
+        raise ParameterError(f"workers must be an integer >= 1, got {workers!r}")
+    settings = None
+    if name == "channel_pruning":
+        if data is None:
+            raise ParameterError("channel_pruning needs calibration data: pass data= (or --data)")
+        settings = pruning.PruneSettings(data=data, num_reconstruction_samples=int(num_reconstruction_samples),
+                                         selection=selection, reconstruct=bool(reconstruct), seed=int(seed),
+                                         use_cuda=use_cuda)
+    keys = greedy.tar_levels(candidates) if rank_select == "tar" else greedy.candidate_keys(candidates)
+    proto = ir.load(model)
+    first = layers.analyze(proto, input_shape, _data_shapes(data) if data is not None else None)
+    dims = first.input_dims
+    total = layers.cost_of_model(first, metric)
+    checker = pruning.check_layer if name == "channel_pruning" else SCHEMES[name].check
+    eligible = [l for l in first.compressible if checker(l) is None]
+    resolution = config_mod.resolve(eligible, config_list, modules_to_ignore)
+    skipped = [SkippedLayer(l.name, l.op, l.reason) for l in first.layers if l.reason]
+    skipped += [SkippedLayer(l.name, l.op, checker(l)) for l in first.compressible if checker(l)]
+    skipped += [SkippedLayer(n, first.find(n).op, why) for n, why in resolution.excluded.items()]
+    current, layer_stats = proto, []
+    if resolution.fixed:
+        current, fixed_stats, more = _run_step(current, name, dict(resolution.fixed), metric, multiplicity, dims, settings)
+        layer_stats += fixed_stats
+        skipped += more
+    analysis = layers.analyze(current, dims)
+    if name == "channel_pruning":
+        units, left = prune_units.group_units(current, analysis, list(resolution.auto), keys, settings, metric,
+                                              multiplicity)
+    else:
+        units, left = greedy.svd_units(analysis, name, list(resolution.auto), keys, metric, multiplicity,
+                                       tar=rank_select == "tar")
+    skipped += [SkippedLayer(n, analysis.find(n).op, why) for n, why in left.items()]
+    digest = scores_io.model_digest(current.SerializeToString())
+    scheme_key = name if rank_select == "greedy" else f"{name}/tar"
+    if saved_eval_scores_dict is not None:
+        table = scores_io.load(saved_eval_scores_dict)
+        scores_io.check_matches(table, digest, scheme_key, metric, keys, [u.name for u in units])
+        dictionary = greedy.from_table(table)
+        dictionary.loaded_from = str(saved_eval_scores_dict)
+    else:
+        dictionary = greedy.build_dictionary(current, units, eval_callback, eval_iterations, use_cuda,
+                                             workers=workers, progress=progress)
+    if scores_out is not None:
+        scores_io.save(greedy.to_table(dictionary, digest, scheme_key, metric, keys), scores_out)
+    by_unit = {u.name: u for u in units}
+    current_total = layers.cost_of_model(analysis, metric)
+    chosen, out, step_stats, more = _select_and_apply(
+        units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit,
+        name, metric, multiplicity, dims, settings, trainer)
+    layer_stats += step_stats
+    skipped += more
+    final = runtime.evaluate(out, eval_callback, eval_iterations, use_cuda)
+    after = layers.analyze(out, dims)
+    selection_info = {
+        "method": method, "rank_select": rank_select, "target": float(target_q), "candidates": keys,
+        "baseline": dictionary.baseline,
+        "scores": {u: {scores_io.format_ratio(k): v for k, v in s.items()} for u, s in dictionary.scores.items()},
+        "chosen": {u: opt.ratio for u, opt in chosen.choices.items()},
+        "expected_score": chosen.expected_score, "evaluations": dictionary.evaluations,
+        "dictionary_seconds": dictionary.seconds, "eval_seconds": dictionary.eval_seconds,
+        "session_seconds": dictionary.session_seconds, "loaded_from": dictionary.loaded_from,
+        "fixed": dict(resolution.fixed),
+    }
+    stats = CompressionStats(
+        scheme=name, cost_metric=metric, mac_before=_total(first, "mac"), mac_after=_total(after, "mac"),
+        memory_before=first.total("memory"), memory_after=after.total("memory"), layers=tuple(layer_stats),
+        skipped=tuple(_dedupe(skipped)), baseline_score=dictionary.baseline, final_score=final,
+        input_dims=dict(dims), selection=selection_info,
+    )
+    return out, stats
+
+
+def _select_and_apply(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit,
+                      name, metric, multiplicity, dims, settings, trainer):
+    """Choose and apply; for channel pruning, correct toward the target with measurements.
+
+    SVD unit costs are exact. Channel-pruning unit costs are an upper bound (upstream
+    savings are not counted), so the measured ratio can fall short of the target: the
+    budget is then relaxed by the shortfall and the selection repeated (a few times),
+    keeping the best-scoring result that meets the target.
+    """
+    from .select import greedy
+
+    by_unit = {u.name: u for u in units}
+    goal, best, tries = target_q, None, (4 if name == "channel_pruning" and trainer is None else 1)
+    for _ in range(tries):
+        chosen = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit)
+        ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in chosen.choices.items() if opt.ratio != 1.0}
+        out, step_stats, more = _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
+        achieved = Fraction(layers.cost_of_model(layers.analyze(out, dims), metric), total)
+        if achieved <= target_q and (best is None or chosen.expected_score > best[0].expected_score):
+            best = (chosen, out, step_stats, more)
+        gap = target_q - achieved
+        if abs(gap) < Fraction(1, 200):
+            break
+        new_goal = min(Fraction(1), goal + gap)
+        if new_goal <= 0 or new_goal == goal:
+            break
+        goal = new_goal
+    if best is None:
+        raise ParameterError(f"no selection met the target {float(target_q):g} once measured "
+                             f"(last: {float(achieved):.4f}); lower the target a little")
+    return best
+
+
+def _ratio_of(unit, key: float) -> Fraction:
+    """The manual ratio that reproduces a unit's chosen candidate exactly."""
+    cand = next(c for c in unit.candidates if c.key == key)
+    return Fraction(repr(float(key))) if cand.ratio is None else cand.ratio if unit.name else cand.ratio
+
+
+def _final(proto, name, ratios, metric, multiplicity, dims, settings, trainer):
+    """Apply the chosen ratios; with a trainer, one layer at a time, training after each."""
+    if trainer is None or not ratios:
+        return _run_step(proto, name, ratios, metric, multiplicity, dims, settings)
+    current, stats, skipped = proto, [], []
+    for layer_name, ratio in ratios.items():
+        current, s, k = _run_step(current, name, {layer_name: ratio}, metric, multiplicity, dims, settings)
+        stats += s
+        skipped += k
+        updated = trainer.train_model(current, layer_name, train_flag=True)
+        if not isinstance(updated, onnx.ModelProto):
+            raise ParameterError(f"trainer.train_model must return an onnx.ModelProto, got {type(updated).__name__}")
+        current = updated
+    return current, stats, skipped
+
+
+def _dedupe(skipped: list[SkippedLayer]) -> list[SkippedLayer]:
+    seen, out = set(), []
+    for s in skipped:
+        if s.name not in seen:
+            seen.add(s.name)
+            out.append(s)
+    return out

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"compression scheme, or a comma-separated pipeline applied in turn; "
                           f"schemes: {', '.join(SCHEME_NAMES)} (e.g. spatial_svd,channel_pruning)")
     which = com.add_mutually_exclusive_group(required=True)
+    which.add_argument("--target", type=float, metavar="T",
+                       help="auto mode: the model's cost ratio to reach (e.g. 0.5 = half the MACs); "
+                            "per-layer ratios are chosen from an eval-score dictionary")
     which.add_argument("--ratios", metavar="NAME=R[,NAME=R...]",
                        help="per-layer ratios in (0, 1], layers named as `inspect` shows them")
     which.add_argument("--ratio", metavar="R[,R...]",
@@ -115,6 +118,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="channel pruning: where upstream cannot lose channels (graph input, shared "
                           "tensor), drop them at the layer with a channel Gather instead of keeping them")
     com.add_argument("--seed", type=int, default=0, help="seed for sampling (default 0)")
+    auto = com.add_argument_group("auto mode (--target)")
+    auto.add_argument("--eval", choices=("accuracy", "fidelity"), default=None,
+                      help="built-in evaluator: top-1 accuracy on --eval-data (labelled), or label-free "
+                           "fidelity to the original model's outputs (default: accuracy when the "
+                           "evaluation data has labels, else fidelity)")
+    auto.add_argument("--candidates", type=int, default=10, metavar="N",
+                      help="candidate ratios i/N, i = 1..N-1 (default 10)")
+    auto.add_argument("--monotonic-fit", action="store_true",
+                      help="fit each layer's scores to a non-decreasing curve before choosing")
+    auto.add_argument("--solver", choices=("knapsack", "threshold"), default="knapsack",
+                      help="knapsack: best expected score without exceeding the target (default); "
+                           "threshold: AIMET's bisection on one score threshold")
+    auto.add_argument("--rank-select", choices=("greedy", "tar"), default="greedy",
+                      help="SVD schemes: candidates by ratio (greedy) or by reconstruction-error level (tar)")
+    auto.add_argument("--ignore", metavar="NAMES", help="comma-separated layers never to compress")
+    auto.add_argument("--config", metavar="CONFIG.json",
+                      help="NNI-style config_list choosing the layers (op_types, op_names, exclude, ratio)")
+    auto.add_argument("--scores-in", metavar="F.json", help="reuse a saved eval-score dictionary (no evaluations)")
+    auto.add_argument("--scores-out", metavar="F.json", help="save the eval-score dictionary as JSON")
+    auto.add_argument("--workers", type=int, default=1, metavar="K", help="evaluate K candidates in parallel")
+    auto.add_argument("--eval-iterations", type=int, default=None, metavar="B",
+                      help="evaluate on at most B batches of 64")
     com.add_argument("--cuda", action="store_true", help="evaluate with CUDAExecutionProvider if available")
     com.add_argument("--external-data", action="store_true",
                      help="write weights to OUT.data beside the model (automatic above 2 GB "
@@ -178,7 +203,9 @@ def _check_output(model: str, output: str, *extra: str) -> None:
 
 
 def cmd_compress(args) -> int:
-    _check_output(args.model, args.output, args.stats)
+    _check_output(args.model, args.output, args.stats, args.scores_out or "")
+    if args.target is not None:
+        return _compress_auto(args)
     schemes = [s.strip() for s in args.scheme.split(",") if s.strip()]
     for name in schemes:
         if name not in SCHEME_NAMES:
@@ -212,6 +239,48 @@ def cmd_compress(args) -> int:
     print(f"wrote {args.output}" + (f" and {args.stats}" if args.stats else ""))
     if stats.baseline_score is not None:
         print(f"top-1 accuracy on {args.eval_data}: {stats.baseline_score:.4f} -> {stats.final_score:.4f}")
+    return 0
+
+
+def _compress_auto(args) -> int:
+    from .progress import Bar
+    from .select.config import load_config
+
+    if "," in args.scheme:
+        raise ParameterError("auto mode (--target) takes one scheme; run a pipeline's steps one by one")
+    if args.scheme not in SCHEME_NAMES:
+        raise ParameterError(f"--scheme: unknown scheme {args.scheme!r}; expected one of {', '.join(SCHEME_NAMES)}")
+    eval_data = args.eval_data or args.data
+    if eval_data is None:
+        raise ParameterError("auto mode needs data to score candidates: pass --data and/or --eval-data")
+    kind = args.eval
+    if kind is None:
+        from .data import load_npz
+        kind = "accuracy" if "labels" in load_npz(eval_data) else "fidelity"
+    callback = evaluators.accuracy(eval_data) if kind == "accuracy" else evaluators.fidelity(eval_data)
+    config = load_config(args.config) if args.config else None
+    ignore = [n.strip() for n in args.ignore.split(",") if n.strip()] if args.ignore else None
+    progress = None if args.quiet else Bar("eval-score dictionary")
+    model, stats = api.compress_auto(
+        args.model, args.scheme, args.target, callback, args.eval_iterations, cost_metric=args.metric,
+        candidates=args.candidates, use_monotonic_fit=args.monotonic_fit, method=args.solver,
+        rank_select=args.rank_select, modules_to_ignore=ignore, config_list=config,
+        saved_eval_scores_dict=args.scores_in, scores_out=args.scores_out, workers=args.workers,
+        multiplicity=args.multiplicity, input_shape=_parse_shapes(args.input_shape), use_cuda=args.cuda,
+        data=args.data, num_reconstruction_samples=args.samples, selection=args.selection,
+        reconstruct=not args.no_reconstruction, seed=args.seed, progress=progress,
+    )
+    if args.stats:
+        _write_text(args.stats, stats.to_json())
+    ir.save(model, args.output, external=True if args.external_data or ir.uses_external_data(args.model) else None)
+    sel = stats.selection
+    if not args.quiet:
+        print(stats)
+        print(f"\nselection: {sel['method']}, {sel['evaluations']} evaluations in {sel['dictionary_seconds']:.1f}s "
+              f"({sel['eval_seconds']:.1f}s inside the evaluator), expected score {sel['expected_score']:.4f}")
+    print(f"wrote {args.output}" + (f" and {args.stats}" if args.stats else ""))
+    print(f"{kind} on {eval_data}: {stats.baseline_score:.4f} -> {stats.final_score:.4f} "
+          f"at MAC ratio {stats.mac_ratio:.4f} (target {args.target})")
     return 0
 
 

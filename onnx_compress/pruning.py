@@ -102,6 +102,8 @@ class Sampler:
         return self._orig_cache[name]
 
     def current_tensor(self, model: onnx.ModelProto, name: str) -> list[np.ndarray]:
+        if model is self.original:
+            return self.original_tensor(name)
         return self._run(model, name)
 
     def _run(self, model: onnx.ModelProto, name: str) -> list[np.ndarray]:
@@ -359,3 +361,22 @@ def _refit(state: _State, sampler: Sampler, name: str, settings: PruneSettings, 
             ir.append_input(node, bias, ir.unique_name(None, f"{name}.bias", taken))
     state.model = ir.export(analysis.graph, state.model)
     return bool(sol.underdetermined)
+
+
+
+def stored_layout(layer: layers.Layer, w3: np.ndarray) -> np.ndarray:
+    """(n_out, C, K) -> the layer's stored weight layout."""
+    if layer.op == "Conv":
+        return w3.reshape(layer.weight.shape)
+    mat = w3[:, :, 0]  # (N, K)
+    trans = layer.op == "Gemm" and int(layer.attrs.get("transB", 0))
+    return mat if trans else mat.T
+
+
+def layer_weight(layer: layers.Layer) -> np.ndarray:
+    """The layer's weight as (n_out, C, K) (see reconstruct)."""
+    return _layer_weight(layer)
+
+
+def root_view(arr: np.ndarray, index: np.ndarray) -> np.ndarray:
+    return _root_view(arr, index)

@@ -11,7 +11,9 @@ import tempfile
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnxruntime as ort
 
 from .errors import CompressionError
@@ -81,3 +83,51 @@ def evaluate(model: onnx.ModelProto, eval_callback: EvalCallback, iterations: in
         raise CompressionError(
             f"eval_callback must return a number (higher is better), got {type(score).__name__}"
         ) from None
+
+
+class WeightSwapper:
+    """Sessions of one model with some initializers replaced, without rebuilding it.
+
+    The named main-graph initializers are marked as external data in a prepared copy
+    serialised once; each `session(overrides)` then hands ONNX Runtime the current or
+    overridden arrays from memory (`add_external_initializers`), so the candidate keeps
+    every graph optimisation of a normal session (constant folding, fusions, prepacking).
+    """
+
+    def __init__(self, model: onnx.ModelProto, names: list[str], use_cuda: bool = False,
+                 threads: int | None = None):
+        inits = {t.name: t for t in model.graph.initializer}
+        missing = [n for n in names if n not in inits]
+        if missing:
+            raise CompressionError(f"cannot swap {missing}: not initializers of the main graph")
+        self.values = {n: onnx.numpy_helper.to_array(inits[n]) for n in names}
+        prepared = onnx.ModelProto()
+        prepared.CopyFrom(model)
+        for t in prepared.graph.initializer:
+            if t.name in self.values:
+                nbytes = self.values[t.name].nbytes
+                for field in ("raw_data", "float_data", "double_data", "int32_data", "int64_data"):
+                    t.ClearField(field)
+                del t.external_data[:]
+                for key, value in (("location", "onnx_compress.swap"), ("offset", "0"), ("length", str(nbytes))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = key, value
+                t.data_location = onnx.TensorProto.EXTERNAL
+        self.model_bytes = prepared.SerializeToString()
+        self.use_cuda = use_cuda
+        self.threads = threads
+
+    def session(self, overrides: dict | None = None) -> ort.InferenceSession:
+        """A session of the model with `overrides` (name -> same-shaped array) swapped in."""
+        overrides = overrides or {}
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        names = list(self.values)
+        values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(overrides.get(n, self.values[n])))
+                  for n in names]
+        opts.add_external_initializers(names, values)
+        sess = ort.InferenceSession(self.model_bytes, opts, providers=providers(self.use_cuda))
+        sess._onnx_compress_keepalive = values  # the session reads these buffers
+        return sess

@@ -115,7 +115,7 @@ def test_multiplicity_rounds_kept_channels():
                              {"/features/features.4/features.4.0/Conv": 0.7}, data=CALIB, multiplicity=4,
                              num_reconstruction_samples=200)
     (ls,) = stats.layers
-    assert ls.rank == 8 and ls.full_rank == 16  # floor(0.7 * 16) = 11 -> 8
+    assert ls.rank == (int(0.7 * ls.full_rank) // 4) * 4 and ls.rank % 4 == 0 and ls.rank > 0
 
 
 def test_aimet_shaped_channel_pruning_parameters():
@@ -131,14 +131,14 @@ def test_aimet_shaped_channel_pruning_parameters():
                                  {"/features/features.4/features.4.0/Conv": 0.5}, data=str(CALIB),
                                  num_reconstruction_samples=300)
     assert out.SerializeToString() == native.SerializeToString()
-    assert stats.layers[0].rank == 8
+    assert stats.layers[0].rank == stats.layers[0].full_rank // 2
 
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(data=None), "needs calibration data"),
     (dict(data={"wrong": np.zeros((2, 1, 32, 32), np.float32)}), r"no array for model input\(s\) \['input'\]"),
     (dict(data={"input": np.zeros((2, 3, 32, 32), np.float32)}), "expects"),
-    (dict(ratios={"/features/features.4/features.4.0/Conv": 0.05}), "would remove every one of its 16"),
+    (dict(ratios={"/features/features.4/features.4.0/Conv": 0.05}), r"would remove every one of its \d+ input"),
     (dict(ratios={"/features/features.0/features.0.0/Conv": 0.5}), None),  # graph input: skipped, no error
     (dict(selection="random"), "channel selection must be one of"),
 ])

@@ -209,3 +209,40 @@ def spatial_svd_specs(layer: Layer, rank: int, opset: int) -> list[NodeSpec]:
     attrs2 = {"kernel_shape": [1, kw], "strides": [1, sw], "pads": [0, left, 0, right],
               "dilations": [1, dw]}
     return [NodeSpec("Conv", (first,), attrs1), NodeSpec("Conv", (second,), attrs2, _bias_inputs(layer))]
+
+
+# ------------------------------------------------------------------ same-shaped weights
+def low_rank_weight(layer: Layer, scheme: str, rank: int) -> np.ndarray:
+    """The layer's weight as the split computes it at `rank`, in the stored shape and dtype.
+
+    A model with this weight swapped in computes what the split model computes (up to
+    rounding), so candidates can be scored without rebuilding the graph.
+    """
+    w = layer.weight
+    if layer.op == "Conv" and scheme == "weight_svd":
+        n_in = w.shape[1]
+        b, a = truncated_svd(np.moveaxis(w, 1, -1).reshape(-1, n_in), rank)
+        return np.moveaxis((b @ a).reshape(w.shape[0], *w.shape[2:], n_in), -1, 1).astype(w.dtype)
+    if layer.op == "Conv":  # spatial SVD
+        n_out, n_in, kh, kw = w.shape
+        a, b = truncated_svd(w.transpose(1, 2, 0, 3).reshape(n_in * kh, n_out * kw), rank)
+        return (a @ b).reshape(n_in, kh, n_out, kw).transpose(2, 0, 1, 3).astype(w.dtype)
+    trans = layer.op == "Gemm" and int(layer.attrs.get("transB", 0))
+    a, b = truncated_svd(w.T if trans else w, rank)
+    approx = a @ b
+    return (approx.T if trans else approx).astype(w.dtype)
+
+
+def relative_errors(layer: Layer, scheme: str) -> np.ndarray:
+    """||W - W_r||_F / ||W||_F for r = 0 .. full rank (index r), from the singular values."""
+    w = layer.weight
+    if layer.op == "Conv" and scheme == "weight_svd":
+        matrix = np.moveaxis(w, 1, -1).reshape(-1, w.shape[1])
+    elif layer.op == "Conv":
+        n_out, n_in, kh, kw = w.shape
+        matrix = w.transpose(1, 2, 0, 3).reshape(n_in * kh, n_out * kw)
+    else:
+        matrix = w
+    s2 = singular_values(matrix) ** 2
+    tail = np.concatenate([np.cumsum(s2[::-1])[::-1], [0.0]])
+    return np.sqrt(tail / max(s2.sum(), 1e-300))

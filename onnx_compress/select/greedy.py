@@ -1,0 +1,223 @@
+"""Auto mode: the eval-score dictionary, then per-layer ratios that meet a cost target.
+
+1. Candidates. For every selected unit (a layer; for channel pruning, a channel group
+   named by its first requested layer) and every candidate (ratio i/N for i = 1..N-1, or
+   for TAR a relative reconstruction-error level), the exact rank or kept-channel count
+   and the exact cost of the model with that unit alone compressed.
+2. Scores. Each candidate is scored with the user's eval callback on a session of the
+   model with a *same-shaped* weight swapped in (the low-rank product, or the pruned and
+   refit weight): no graph rebuild or re-serialisation per candidate, every ORT graph
+   optimisation kept (runtime.WeightSwapper). Optional worker threads.
+3. Selection: one candidate per unit (1.0 included) maximising the expected score under
+   the target, by an exact multiple-choice knapsack (or AIMET's threshold bisection,
+   for comparison); see select/solve.py.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import onnx
+
+from .. import ir, layers, runtime
+from ..cost import RankCost, as_fraction, rank_for_ratio
+from ..errors import ParameterError
+from ..layers import Analysis, Layer
+from ..transforms import SCHEMES, svd
+from . import scores_io, solve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One option of one unit: its key in the score table, the rank/channels, its cost."""
+
+    key: float  # candidate ratio (or TAR error level); 1.0 = uncompressed
+    size: int  # rank, or kept channels
+    cost: int  # the unit's cost under the metric with this option (solver units)
+    ratio: Fraction  # achieved ratio of the unit's own layer
+
+
+@dataclass
+class Unit:
+    """A decision unit: its name, candidates, and how to swap in each candidate's weights."""
+
+    name: str
+    candidates: list[Candidate]
+    overrides: Callable[[Candidate], dict[str, np.ndarray]]
+    base_cost: int  # cost of the uncompressed option
+
+
+@dataclass
+class Dictionary:
+    """The eval-score dictionary with its timing."""
+
+    baseline: float
+    scores: dict[str, dict[float, float]]
+    evaluations: int = 0
+    seconds: float = 0.0
+    eval_seconds: float = 0.0  # time inside the eval callback (pure evaluation)
+    session_seconds: float = 0.0  # time creating the candidate sessions
+    loaded_from: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def candidate_keys(n: int) -> list[float]:
+    """i/N for i = 1..N-1, as floats with their exact decimal reading."""
+    if not isinstance(n, int) or n < 2:
+        raise ParameterError(f"num_comp_ratio_candidates must be an integer >= 2, got {n!r}")
+    return [float(Fraction(i, n)) for i in range(1, n)]
+
+
+def tar_levels(n: int) -> list[float]:
+    """TAR error levels: relative reconstruction errors 0.05 .. 0.6 in n-1 steps."""
+    if not isinstance(n, int) or n < 2:
+        raise ParameterError(f"num_comp_ratio_candidates must be an integer >= 2, got {n!r}")
+    return [round(float(v), 6) for v in np.linspace(0.05, 0.6, n - 1)]
+
+
+# ------------------------------------------------------------------------------ SVD units
+def svd_units(analysis: Analysis, scheme: str, names: list[str], keys: list[float], metric: str,
+              multiplicity: int, tar: bool = False) -> tuple[list[Unit], dict[str, str]]:
+    """Units for weight/spatial SVD; returns the units and layers left out with reasons."""
+    rs = SCHEMES[scheme]
+    units, skipped = [], {}
+    for name in names:
+        layer = analysis.find(name)
+        if reason := rs.check(layer):
+            skipped[name] = reason
+            continue
+        if layer.node.inputs[1].name not in _initializer_names(analysis.proto):
+            skipped[name] = "weight is not a main-graph initializer (scored by rebuilding: not supported in auto mode yet)"
+            continue
+        rc = rs.rank_cost(layer, metric)
+        if rc.max_rank == 0:
+            skipped[name] = f"{scheme} is never cheaper than this layer"
+            continue
+        errors = svd.relative_errors(layer, scheme) if tar else None
+        cands = []
+        for key in keys:
+            rank = _tar_rank(errors, key, rc) if tar else rank_for_ratio(rc, key, multiplicity)
+            if rank == 0:
+                continue
+            if tar and multiplicity > 1:
+                rank = min(rc.max_rank, max(multiplicity, -(-rank // multiplicity) * multiplicity))
+            cands.append(Candidate(key, rank, rc.at(rank), rc.ratio(rank)))
+        if not cands:
+            skipped[name] = "no candidate rank fits (layer too small for these ratios)"
+            continue
+        units.append(Unit(name, cands, _svd_overrides(layer, scheme), rc.before))
+    return units, skipped
+
+
+def _tar_rank(errors: np.ndarray, level: float, rc: RankCost) -> int:
+    """Smallest rank whose relative error is at most `level` (0 when past break-even)."""
+    rank = int(np.argmax(errors <= level + 1e-12))
+    return rank if 1 <= rank <= rc.max_rank else 0
+
+
+def _svd_overrides(layer: Layer, scheme: str):
+    name = layer.node.inputs[1].name
+
+    def overrides(c: Candidate) -> dict[str, np.ndarray]:
+        return {name: svd.low_rank_weight(layer, scheme, c.size)}
+
+    return overrides
+
+
+def _initializer_names(proto: onnx.ModelProto) -> set[str]:
+    return {t.name for t in proto.graph.initializer}
+
+
+# ------------------------------------------------------------------------------ scoring
+def build_dictionary(proto: onnx.ModelProto, units: list[Unit], eval_callback, iterations, use_cuda: bool,
+                     workers: int = 1, progress: Callable | None = None) -> Dictionary:
+    """Score the model and every candidate of every unit (a unit alone compressed)."""
+    names = sorted({n for u in units for c in u.candidates[:1] for n in u.overrides(c)})
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    swapper = runtime.WeightSwapper(proto, names, use_cuda, threads=threads if workers > 1 else None)
+    t0 = time.perf_counter()
+    timing = {"eval": 0.0, "session": 0.0}
+
+    def score(overrides) -> float:
+        t = time.perf_counter()
+        sess = swapper.session(overrides)
+        t1 = time.perf_counter()
+        value = eval_callback(sess, iterations, use_cuda)
+        t2 = time.perf_counter()
+        timing["session"] += t1 - t
+        timing["eval"] += t2 - t1
+        return float(value)
+
+    baseline = score({})
+    tasks = [(u, c) for u in units for c in u.candidates]
+    done = 0
+    results: dict[str, dict[float, float]] = {u.name: {} for u in units}
+
+    def run(task):
+        unit, cand = task
+        return unit.name, cand.key, score(unit.overrides(cand))
+
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            for name, key, value in pool.map(run, tasks):
+                results[name][key] = value
+                done += 1
+                if progress:
+                    progress(done, len(tasks))
+    else:
+        for task in tasks:
+            name, key, value = run(task)
+            results[name][key] = value
+            done += 1
+            if progress:
+                progress(done, len(tasks))
+    return Dictionary(baseline=baseline, scores=results, evaluations=len(tasks) + 1,
+                      seconds=time.perf_counter() - t0, eval_seconds=timing["eval"],
+                      session_seconds=timing["session"])
+
+
+# ---------------------------------------------------------------------------- selection
+def choose(units: list[Unit], dictionary: Dictionary, current_total: int, total: int, target, method: str,
+           use_monotonic_fit: bool) -> solve.Selection:
+    """Pick one candidate per unit so the model's cost is at most `target` x `total`.
+
+    `current_total`: cost of the model the units belong to (after any fixed-ratio layers);
+    `total`: cost of the original model, which the target refers to.
+    """
+    layer_opts, offset = [], 0
+    for u in units:
+        opts = [solve.Option(ratio=1.0, cost=u.base_cost, score=dictionary.baseline)]
+        for c in u.candidates:
+            if c.key in dictionary.scores.get(u.name, {}):
+                opts.append(solve.Option(ratio=c.key, cost=c.cost, score=dictionary.scores[u.name][c.key]))
+        layer_opts.append(solve.LayerOptions(u.name, tuple(opts)))
+        offset += u.base_cost
+    fixed = current_total - offset
+    if fixed < 0 and layer_opts:  # savings counted against shared layers: move the deficit
+        first = layer_opts[0]
+        shifted = tuple(solve.Option(o.ratio, o.cost - fixed, o.score) for o in first.options)
+        layer_opts[0] = solve.LayerOptions(first.name, shifted)
+        fixed = 0
+    return solve.select(layer_opts, fixed, total, target, dictionary.baseline, method=method,
+                        use_monotonic_fit=use_monotonic_fit)
+
+
+def to_table(dictionary: Dictionary, digest: str, scheme: str, metric: str, keys: list[float]) -> scores_io.ScoreTable:
+    return scores_io.ScoreTable(
+        model_digest=digest, scheme=scheme, cost_metric=metric, candidates=tuple(keys),
+        baseline=dictionary.baseline,
+        scores={u: {scores_io.format_ratio(k): v for k, v in s.items()} for u, s in dictionary.scores.items()},
+        evaluations=dictionary.evaluations, meta=dict(dictionary.meta))
+
+
+def from_table(table: scores_io.ScoreTable) -> Dictionary:
+    scores = {u: {scores_io.parse_ratio(k): v for k, v in s.items()} for u, s in table.scores.items()}
+    return Dictionary(baseline=table.baseline, scores=scores, evaluations=0, loaded_from="file")

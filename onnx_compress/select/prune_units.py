@@ -1,0 +1,170 @@
+"""Auto-mode units for channel pruning: one per channel group.
+
+A unit is named by the first requested layer of its group (graph order); the group's
+other requested layers are pruned with it. For each candidate ratio the unit carries
+the exact keep count, the channels the selection keeps, and the model-level savings of
+pruning that group alone (the root, the group's other consumers, its upstream producers
+and depthwise convs). Its overrides are the group's consumer weights with the removed
+channels zeroed and the kept ones refit on samples of the original model: a model with
+them swapped in computes what pruning that group alone computes, since the pruned
+layers' kept inputs are unchanged when only this group is pruned. Unit costs count the
+layers whose input channels the group prunes, so they add up without double counting;
+upstream savings come on top, and the final compression measures the real ratio.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import onnx
+
+from .. import ir, layers, pruning
+from ..transforms import depgraph, reconstruct
+from .greedy import Candidate, Unit
+
+
+def _weight_names(proto: onnx.ModelProto) -> set[str]:
+    return {t.name for t in proto.graph.initializer}
+
+
+def group_units(proto: onnx.ModelProto, analysis: layers.Analysis, names: list[str], keys: list[float],
+                settings: pruning.PruneSettings, metric: str, multiplicity: int):
+    """(units, skipped: layer name -> reason) for channel pruning in auto mode."""
+    feeds = pruning.load_batches(settings, proto)
+    sampler = pruning.Sampler(proto, feeds, settings)
+    rng = np.random.default_rng(settings.seed)
+    inits = _weight_names(proto)
+    by_name = {l.name: l for l in analysis.compressible}
+    covered: dict[str, str] = {}
+    units, skipped = [], {}
+    order = [l.name for l in analysis.layers if l.name in set(names)]
+    for name in order:
+        layer = analysis.find(name)
+        if name in covered:
+            skipped[name] = f"pruned with the channel group of '{covered[name]}'"
+            continue
+        if reason := pruning.check_layer(layer):
+            skipped[name] = reason
+            continue
+        group = depgraph.build_group(layer, analysis.graph, analysis.shapes)
+        n_locked = int(group.locked.sum())
+        if n_locked == group.size and not settings.allow_custom_downsample_ops:
+            skipped[name] = f"no channel can be removed: {group.lock_summary()}"
+            continue
+        if settings.allow_custom_downsample_ops and n_locked:
+            skipped[name] = "locked channels need a channel Gather: not scored in auto mode yet"
+            continue
+        members = [by_name[n] for n in group.in_layers() if n in by_name]
+        if any(m.node.inputs[1].name not in inits or m.in_subgraph for m in members):
+            skipped[name] = "a layer of its group has no main-graph initializer weight"
+            continue
+        for m in members:
+            covered.setdefault(m.name, name)
+        unit = _unit(layer, group, members, analysis, sampler, rng, keys, settings, metric, multiplicity)
+        if unit is None:
+            skipped[name] = "no candidate ratio removes a channel"
+        else:
+            units.append(unit)
+    return units, skipped
+
+
+def _samples(sampler, layer: layers.Layer, rng, n: int):
+    """Patches (n, C, K) of `layer`'s input and its outputs (n, n_out), original model."""
+    return pruning.sample_layer(sampler, sampler.original, layer, rng, n, True, layer.node.outputs[0].name, None)
+
+
+def _unit(root, group, members, analysis, sampler, rng, keys, settings, metric, multiplicity):
+    size = group.size
+    samples = {m.name: _samples(sampler, m, rng, settings.num_reconstruction_samples) for m in members}
+    root_index = group.positions[root.node.inputs[0].name].index
+    weight_view = pruning.root_view(pruning.layer_weight(root), root_index)
+    patches_view = None
+    if settings.selection != "magnitude":
+        patches_view = pruning.root_view(samples[root.name][0].astype(np.float64), root_index)
+    costs = _layer_costs(analysis, metric)
+    choices = []
+    for key in keys:
+        q = Fraction(repr(float(key)))
+        if q.numerator * size < q.denominator:
+            continue
+        keep = max(reconstruct.kept_count(size, q, multiplicity), int(group.locked.sum()))
+        if keep >= size:
+            continue
+        kept = reconstruct.SELECTORS[settings.selection](patches_view, weight_view, keep, group.locked)
+        removed = np.setdiff1d(np.arange(size), kept)
+        choices.append((key, keep, removed, _unit_cost(group, removed, costs)))
+    if not choices:
+        return None
+    base = _owned_cost(group, costs)
+    cands, removed_by_key = [], {}
+    for key, keep, removed, cost in choices:
+        cands.append(Candidate(key, keep, cost, Fraction(keep, size)))
+        removed_by_key[key] = removed
+
+    def overrides(c: Candidate) -> dict[str, np.ndarray]:
+        return _overrides(group, members, samples, removed_by_key[c.key], settings)
+
+    return Unit(root.name, cands, overrides, base)
+
+
+def _layer_costs(analysis: layers.Analysis, metric: str) -> dict[str, int]:
+    return {l.name: layers.cost_of(l, metric) for l in analysis.compressible}
+
+
+def _unit_cost(group, removed: np.ndarray, costs: dict[str, int]) -> int:
+    """Cost of the layers this group owns after it loses root channels `removed`.
+
+    A group owns the layers whose *input* channels it prunes (and its depthwise convs);
+    their producers' output savings are not counted (another group owns those layers).
+    Each layer is owned once, so unit costs add up, and the estimate is an upper bound on
+    the real cost (which the final compression measures).
+    """
+    total = Fraction(0)
+    for action in group.actions:
+        if action.kind not in ("in", "depthwise"):
+            continue
+        name = ir.node_name(action.node)
+        if name not in costs:
+            continue
+        pos = group.positions[action.tensor]
+        total += Fraction(costs[name] * (_width(action) - len(pos.removed(removed))), _width(action))
+    return int(total)
+
+
+def _owned_cost(group, costs: dict[str, int]) -> int:
+    return _unit_cost(group, np.zeros(0, dtype=np.int64), costs)
+
+
+def _width(action) -> int:
+    """Channel count of the node on the side the action touches."""
+    weight = ir.constant_value(action.node.inputs[1])
+    node = action.node
+    if node.op == "Conv":
+        return int(weight.shape[1] if action.kind == "in" else weight.shape[0])
+    trans = node.op == "Gemm" and int(node.attrs.get("transB", 0))
+    k_axis, n_axis = (1, 0) if trans else (0, 1)
+    return int(weight.shape[k_axis] if action.kind == "in" else weight.shape[n_axis])
+
+
+def _overrides(group, members, samples, removed: np.ndarray, settings) -> dict[str, np.ndarray]:
+    out = {}
+    for m in members:
+        patches, targets = samples[m.name]
+        pos = group.positions[m.node.inputs[0].name]
+        drop = pos.removed(removed)
+        keep = np.setdiff1d(np.arange(patches.shape[1]), drop)
+        w3 = pruning.layer_weight(m).astype(np.float64)
+        has_bias = len(m.node.inputs) > 2 and m.node.inputs[2].name and ir.constant_value(m.node.inputs[2]) is not None
+        new = np.zeros_like(w3)
+        if settings.reconstruct:
+            y = targets.astype(np.float64)
+            bias = ir.constant_value(m.node.inputs[2]).astype(np.float64).reshape(-1) if has_bias else None
+            fit_w, fit_b = reconstruct.reconstruct(patches[:, keep].astype(np.float64), y, fit_bias=bool(has_bias),
+                                                   ridge=settings.ridge)
+            new[:, keep] = fit_w
+            if has_bias and fit_b is not None and bias is not None and bias.shape == fit_b.shape:
+                out[m.node.inputs[2].name] = fit_b.astype(m.weight.dtype)
+        else:
+            new[:, keep] = w3[:, keep]
+        out[m.node.inputs[1].name] = pruning.stored_layout(m, new).astype(m.weight.dtype)
+    return out

@@ -1,0 +1,481 @@
+"""Auto mode: choose one compression option per layer to meet a model-wide cost target.
+
+The input is an eval-score dictionary: for each selected layer, candidate options
+(ratio, cost, score), ratio 1.0 being the uncompressed layer. `cost` is the exact integer
+cost (MACs or parameters) of that layer at that option, `score` the model's score with
+only that layer compressed. The rest of the model costs `fixed_cost`; the original model
+costs `total`. A target ratio t is met when
+
+    fixed_cost + sum of chosen costs <= t * total        (exactly: t read by as_fraction)
+
+and selections are ranked by the additive model of the model's score:
+
+    expected = baseline - sum over layers of (baseline - score of the chosen option).
+
+Two solvers:
+
+* `solve_knapsack`: exact multiple-choice knapsack (dynamic programming over a Pareto
+  frontier of (cost, loss) states); optimal for the additive model.
+* `solve_threshold`: AIMET's greedy method, kept for comparison: bisection on one global
+  score threshold; it often stops well below the target.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..cost import as_fraction, check_ratio
+from ..errors import ParameterError
+
+DEFAULT_MAX_STATES = 20000
+THRESHOLD_ITERATIONS = 50
+TIE_TOLERANCE = 1e-12  # losses closer than this (times the loss scale) tie: float sums differ in the last bits
+_INT64_LIMIT = 2 ** 62  # costs, sums and budgets stay below this: exact in int64 arithmetic
+_METRIC_LABELS = {"mac": "MAC", "memory": "memory"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One candidate for a layer: compression `ratio`, exact integer `cost`, model `score`."""
+
+    ratio: float
+    cost: int
+    score: float
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """A layer's candidates; one of them has ratio 1.0 (the uncompressed layer)."""
+
+    name: str
+    options: tuple[Option, ...]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen option per layer and what it achieves.
+
+    `cost`: the whole model's cost after compression (fixed cost included); `total`: the
+    original model's cost. `expected_score`: the additive model's score. `exact`: False
+    when the knapsack bounded its frontier by merging states (see `solve_knapsack`).
+    """
+
+    choices: dict[str, Option]
+    cost: int
+    total: int
+    expected_score: float
+    method: str
+    exact: bool = True
+
+    @property
+    def ratio(self) -> float:
+        """Model cost ratio after compression, fixed cost included: cost / total."""
+        return self.cost / self.total
+
+
+# ---------------------------------------------------------------------------- monotonic fit
+
+def _pav(y: np.ndarray) -> np.ndarray:
+    """Pool-adjacent-violators: least-squares non-decreasing fit of y (N,) -> (N,)."""
+    means: list[float] = []
+    sizes: list[int] = []
+    for value in np.asarray(y, dtype=np.float64):
+        means.append(float(value))
+        sizes.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            n = sizes[-2] + sizes[-1]
+            means[-2] = (means[-2] * sizes[-2] + means[-1] * sizes[-1]) / n
+            sizes[-2] = n
+            means.pop()
+            sizes.pop()
+    return np.repeat(np.array(means, dtype=np.float64), sizes)
+
+
+def _isotonic(y: np.ndarray) -> np.ndarray:
+    """Non-decreasing least-squares fit of y (N,): scipy's PAVA when it has one (>= 1.12)."""
+    try:
+        from scipy.optimize import isotonic_regression
+    except ImportError:  # scipy < 1.12
+        return _pav(y)
+    return np.asarray(isotonic_regression(y).x, dtype=np.float64)
+
+
+def monotonic_fit(ratios: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Isotonic fit: scores (N,) made non-decreasing in ratios (N,), least squares.
+
+    Returns the fitted scores (N,) in the input order. Already non-decreasing scores come
+    back unchanged; a violating run is replaced by its mean (pool-adjacent-violators).
+    """
+    ratios = np.asarray(ratios, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if ratios.shape != scores.shape or ratios.ndim != 1:
+        raise ParameterError(f"monotonic_fit: ratios and scores must be 1-D of equal length, "
+                             f"got shapes {ratios.shape} and {scores.shape}")
+    order = np.argsort(ratios, kind="stable")
+    fitted = np.empty_like(scores)
+    fitted[order] = _isotonic(scores[order])
+    return fitted
+
+
+def _fit_layer(layer: LayerOptions) -> LayerOptions:
+    """The layer with its scores replaced by their monotonic fit."""
+    ratios = np.array([o.ratio for o in layer.options])
+    fitted = monotonic_fit(ratios, np.array([o.score for o in layer.options]))
+    return LayerOptions(layer.name, tuple(replace(o, score=float(s)) for o, s in zip(layer.options, fitted)))
+
+
+# ---------------------------------------------------------------------------- validation
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_count(value, what: str, positive: bool) -> int:
+    low = 1 if positive else 0
+    if not _is_int(value) or not low <= value < _INT64_LIMIT:
+        raise ParameterError(f"{what} must be an integer in [{low}, 2**62), got {value!r}; "
+                             f"costs are exact MAC or parameter counts")
+    return int(value)
+
+
+def _check_option(name: str, option) -> None:
+    if not isinstance(option, Option):
+        raise ParameterError(f"layer '{name}': options must be Option(ratio, cost, score), got {option!r}")
+    r = option.ratio
+    if not _is_real(r) or not 0 < r <= 1:
+        raise ParameterError(f"layer '{name}': option ratio must be a number in (0, 1], got {r!r}")
+    _check_count(option.cost, f"layer '{name}': cost of option {float(r):g}", positive=False)
+    s = option.score
+    if not _is_real(s) or not math.isfinite(s):
+        raise ParameterError(f"layer '{name}': score of option {float(r):g} must be a finite number, got {s!r}; "
+                             f"re-run the evaluation for this candidate")
+
+
+def _check_layer(layer) -> None:
+    if not isinstance(layer, LayerOptions):
+        raise ParameterError(f"expected LayerOptions(name, options), got {type(layer).__name__}")
+    if not layer.options:
+        raise ParameterError(f"layer '{layer.name}' has no options; expected at least the ratio 1.0 option")
+    for option in layer.options:
+        _check_option(layer.name, option)
+    ratios = [float(o.ratio) for o in layer.options]
+    if 1.0 not in ratios:
+        raise ParameterError(f"layer '{layer.name}' has no ratio 1.0 option, got ratios {sorted(ratios)}; "
+                             f"add the uncompressed layer (ratio 1.0, its original cost, the baseline score)")
+
+
+def _check_problem(layers: Sequence[LayerOptions], fixed_cost: int, total: int, baseline: float) -> None:
+    """Validate a selection problem; raise ParameterError on the first defect."""
+    fixed = _check_count(fixed_cost, "fixed_cost", positive=False)
+    _check_count(total, "total", positive=True)
+    if not _is_real(baseline) or not math.isfinite(baseline):
+        raise ParameterError(f"baseline score must be a finite number, got {baseline!r}")
+    names = set()
+    for layer in layers:
+        _check_layer(layer)
+        if layer.name in names:
+            raise ParameterError(f"layer '{layer.name}' appears twice; give each layer one LayerOptions")
+        names.add(layer.name)
+    largest = fixed + sum(max(int(o.cost) for o in layer.options) for layer in layers)
+    if largest >= _INT64_LIMIT:
+        raise ParameterError(f"costs sum to {largest}, over 2**62; express costs in coarser units")
+
+
+# ---------------------------------------------------------------------------- budget
+
+def _cheapest(layers: Sequence[LayerOptions]) -> int:
+    return sum(min(int(o.cost) for o in layer.options) for layer in layers)
+
+
+def smallest_ratio(layers: Sequence[LayerOptions], fixed_cost: int, total: int) -> Fraction:
+    """The smallest achievable model ratio: every layer at its cheapest option, exactly."""
+    return Fraction(int(fixed_cost) + _cheapest(layers), int(total))
+
+
+def _budget(layers: Sequence[LayerOptions], fixed_cost: int, total: int, target, metric: str | None) -> int:
+    """Largest integer cost the selected layers may add up to; ParameterError if below reach.
+
+    The model's cost must be <= target * total, read exactly (0.3 means 3/10).
+    """
+    q = check_ratio(target, "target")
+    allowed = (q.numerator * int(total)) // q.denominator  # floor(q * total), exact
+    if int(fixed_cost) + _cheapest(layers) > allowed:
+        label = _METRIC_LABELS.get(str(metric).lower(), "cost") if metric else "cost"
+        smallest = float(smallest_ratio(layers, fixed_cost, total))
+        raise ParameterError(
+            f"target {float(q):g} cannot be reached: the smallest achievable {label} ratio is "
+            f"{smallest:.4f} (every selected layer at its cheapest candidate, the other layers "
+            f"unchanged); raise the target or select more layers"
+        )
+    return allowed - int(fixed_cost)
+
+
+def _selection(layers: Sequence[LayerOptions], picks: Sequence[int], fixed_cost: int, total: int,
+               baseline: float, method: str, exact: bool = True) -> Selection:
+    chosen = [layer.options[j] for layer, j in zip(layers, picks)]
+    expected = float(baseline) - math.fsum(float(baseline) - float(o.score) for o in chosen)
+    return Selection(
+        choices={layer.name: o for layer, o in zip(layers, chosen)},
+        cost=int(fixed_cost) + sum(int(o.cost) for o in chosen),
+        total=int(total),
+        expected_score=expected,
+        method=method,
+        exact=exact,
+    )
+
+
+# ---------------------------------------------------------------------------- knapsack
+
+@dataclass(frozen=True)
+class _Table:
+    """A layer's options as arrays (M,): cost int64, loss = baseline - score, ratio."""
+
+    cost: np.ndarray
+    loss: np.ndarray
+    ratio: np.ndarray
+
+
+def _table(layer: LayerOptions, baseline: float) -> _Table:
+    return _Table(
+        cost=np.array([int(o.cost) for o in layer.options], dtype=np.int64),
+        loss=np.array([float(baseline) - float(o.score) for o in layer.options], dtype=np.float64),
+        ratio=np.array([float(o.ratio) for o in layer.options], dtype=np.float64),
+    )
+
+
+def _cost_order(c: np.ndarray, lo: np.ndarray, ratio_of: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Indices sorting states (N,) by cost, then loss, then ratio sum descending.
+
+    `c` is made of already-sorted runs, which a stable sort merges quickly; only groups of
+    equal cost are sorted again on the other keys. `ratio_of(indices)` gives ratio sums.
+    """
+    order = np.argsort(c, kind="stable")
+    sc = c[order]
+    dup = np.zeros(len(order), dtype=bool)
+    dup[1:] = sc[1:] == sc[:-1]
+    dup[:-1] |= dup[1:]
+    if dup.any():
+        sub = order[dup]
+        order[dup] = sub[np.lexsort((-ratio_of(sub), lo[sub], c[sub]))]
+    return order
+
+
+def _extend(cost: np.ndarray, loss: np.ndarray, rsum: np.ndarray, table: _Table, cap: int, tol: float):
+    """One DP step: frontier states (N,) x the layer's options (M,) -> the new frontier.
+
+    Keeps states with cost <= cap that no other state dominates. B is dominated by A when
+    cost_A <= cost_B and loss_A < loss_B - tol (equal-loss states of higher cost stay: ties
+    go to the higher cost), or when both costs are equal and A comes first by lower loss,
+    then higher sum of ratios. Returns (cost, loss, rsum, parent, option), each (K,),
+    sorted by cost ascending with distinct costs.
+    """
+    n = len(cost)
+    c = (table.cost[:, None] + cost[None, :]).ravel()  # option-major: M runs sorted by cost
+    ok = np.flatnonzero(c <= cap)
+    c = c[ok]
+    lo = (table.loss[:, None] + loss[None, :]).ravel()[ok]
+
+    def ratio_of(i: np.ndarray) -> np.ndarray:
+        return rsum[ok[i] % n] + table.ratio[ok[i] // n]
+
+    order = _cost_order(c, lo, ratio_of)
+    c, lo = c[order], lo[order]
+    keep = np.ones(len(order), dtype=bool)
+    keep[1:] = (c[1:] != c[:-1]) & (lo[1:] <= np.minimum.accumulate(lo)[:-1] + tol)
+    order = order[keep]
+    flat = ok[order]
+    return c[keep], lo[keep], ratio_of(order), flat % n, flat // n
+
+
+def _strict(loss: np.ndarray, tol: float) -> np.ndarray:
+    """Indices of a frontier sorted by cost (N,) left when ties go to the cheaper state.
+
+    A state is kept only when its loss is below every cheaper state's by more than tol.
+    """
+    keep = np.ones(len(loss), dtype=bool)
+    keep[1:] = loss[1:] < np.minimum.accumulate(loss)[:-1] - tol
+    return np.flatnonzero(keep)
+
+
+def _merge(cost: np.ndarray, cap: int, max_states: int) -> np.ndarray:
+    """Indices kept when a frontier sorted by cost (N,) is merged into cost buckets.
+
+    Buckets of width ceil((cap + 1) / max_states) over [0, cap]; each keeps its last state
+    (the lowest loss, within the tie tolerance; ties to the higher cost), and the cheapest
+    state is always kept, so a feasible completion always survives. At most
+    max_states + 1 states remain.
+    """
+    width = -(-(cap + 1) // max_states)
+    bucket = cost // width
+    keep = np.ones(len(cost), dtype=bool)
+    keep[:-1] = bucket[1:] != bucket[:-1]
+    keep[0] = True
+    return np.flatnonzero(keep)
+
+
+def _fill_ties(tables: Sequence[_Table], picks: list[int], slack: int) -> list[int]:
+    """Spend leftover budget on options of equal loss: higher cost, then higher ratio.
+
+    Greedy, in layer order; the modelled score is unchanged and the budget still holds.
+    """
+    picks = list(picks)
+    for k, table in enumerate(tables):
+        j = picks[k]
+        same = np.flatnonzero((table.loss == table.loss[j]) & (table.cost - table.cost[j] <= slack))
+        best = int(same[np.lexsort((table.ratio[same], table.cost[same]))[-1]])
+        slack -= int(table.cost[best] - table.cost[j])
+        picks[k] = best
+    return picks
+
+
+def solve_knapsack(layers: Sequence[LayerOptions], fixed_cost: int, total: int, target, baseline: float,
+                   *, max_states: int = DEFAULT_MAX_STATES, metric: str | None = None) -> Selection:
+    """Best selection under the budget by exact multiple-choice knapsack.
+
+    Dynamic programming over the layers keeps the Pareto frontier of (cost, loss) states,
+    loss = sum of (baseline - score). A state is dropped when another costs no more and
+    loses strictly less (see `_extend`), or when even the cheapest options of the remaining
+    layers would take it over the budget. Choices are rebuilt from back-pointers.
+
+    Ties in loss (within TIE_TOLERANCE times the loss scale) go to the higher cost, closer
+    to the target, then to the higher sum of per-layer ratios; for that, states of equal
+    loss and higher cost are kept on the frontier.
+
+    The frontier is bounded by `max_states`. Past it, ties are first given up (equal-loss
+    states of higher cost dropped; the score stays optimal, and at the end equal-loss
+    options are swapped in, greedily in layer order, while budget is left). If that is not
+    enough, states are merged into cost buckets of width w = ceil((cap + 1) / max_states)
+    (about budget / max_states), keeping the lowest-loss state of each, and Selection.exact
+    is False: the result is then approximate, at least as good as the exact optimum for
+    the budget less one bucket width for each layer at which states were merged. The
+    budget is never exceeded.
+
+    `metric` ("mac" or "memory") only names the cost in error messages.
+    """
+    _check_problem(layers, fixed_cost, total, baseline)
+    if not _is_int(max_states) or max_states < 1:
+        raise ParameterError(f"max_states must be an integer >= 1, got {max_states!r}")
+    budget = _budget(layers, fixed_cost, total, target, metric)
+    tables = [_table(layer, baseline) for layer in layers]
+    mins = [int(t.cost.min()) for t in tables]
+    rest = [sum(mins[k + 1:]) for k in range(len(tables))]
+    tol = TIE_TOLERANCE * max(1.0, sum(float(np.abs(t.loss).max()) for t in tables))
+    cost, loss, rsum = np.zeros(1, np.int64), np.zeros(1), np.zeros(1)
+    trail: list[tuple[np.ndarray, np.ndarray]] = []
+    exact = True
+    for k, table in enumerate(tables):
+        cap = budget - rest[k]
+        cost, loss, rsum, parent, option = _extend(cost, loss, rsum, table, cap, tol)
+        if len(cost) > max_states:  # first give up ties, then exactness
+            kept = _strict(loss, tol)
+            if len(kept) > max_states:
+                kept = kept[_merge(cost[kept], cap, max_states)]
+                exact = False
+            cost, loss, rsum, parent, option = cost[kept], loss[kept], rsum[kept], parent[kept], option[kept]
+        trail.append((parent, option))
+    state = int(np.flatnonzero(loss <= loss.min() + tol)[-1])  # least loss; ties: highest cost
+    picks = [0] * len(tables)
+    for k in reversed(range(len(tables))):
+        parent, option = trail[k]
+        picks[k] = int(option[state])
+        state = int(parent[state])
+    picks = _fill_ties(tables, picks, budget - sum(int(t.cost[j]) for t, j in zip(tables, picks)))
+    return _selection(layers, picks, fixed_cost, total, baseline, "knapsack", exact)
+
+
+# ---------------------------------------------------------------------------- threshold
+
+def _pick_at_threshold(layer: LayerOptions, order: Sequence[int], threshold: float) -> int:
+    """AIMET's per-layer rule: from ratio 1.0 down, compress while the score stays >= threshold.
+
+    `order`: option indices by ratio descending (order[0] is ratio 1.0). Returns the index
+    of the last option of the leading run scoring >= threshold (ratio 1.0 if that run is
+    empty). On non-decreasing scores this is the smallest ratio scoring >= threshold.
+    """
+    pick = order[0]
+    if layer.options[pick].score < threshold:
+        return pick
+    for j in order[1:]:
+        if layer.options[j].score < threshold:
+            break
+        pick = j
+    return pick
+
+
+def solve_threshold(layers: Sequence[LayerOptions], fixed_cost: int, total: int, target, baseline: float,
+                    *, iterations: int = THRESHOLD_ITERATIONS, metric: str | None = None) -> Selection:
+    """AIMET's greedy selection: one global score threshold, found by bisection.
+
+    Each layer takes the option `_pick_at_threshold` gives; a higher threshold leaves
+    layers less compressed (higher cost). Bisection between the lowest and highest score
+    (`iterations` halvings, or until the window stops shrinking) finds the highest
+    threshold whose selection fits the budget. Because all layers share one threshold, the
+    cost jumps in steps and the result often lands well below the target. Unlike AIMET,
+    the result never exceeds the target (AIMET accepts a ratio within 0.001 above it).
+    """
+    _check_problem(layers, fixed_cost, total, baseline)
+    budget = _budget(layers, fixed_cost, total, target, metric)
+    orders = [sorted(range(len(la.options)), key=lambda j, la=la: -la.options[j].ratio) for la in layers]
+
+    def picks_at(threshold: float) -> list[int]:
+        return [_pick_at_threshold(la, order, threshold) for la, order in zip(layers, orders)]
+
+    def cost(picks: list[int]) -> int:
+        return sum(int(la.options[j].cost) for la, j in zip(layers, picks))
+
+    def done(picks: list[int]) -> Selection:
+        return _selection(layers, picks, fixed_cost, total, baseline, "threshold")
+
+    scores = [float(o.score) for la in layers for o in la.options] or [float(baseline)]
+    low, high = min(scores), max(scores)
+    for threshold in (math.inf, high):
+        if cost(picks := picks_at(threshold)) <= budget:
+            return done(picks)
+    lowest = cost(picks_at(low))
+    if lowest > budget:
+        raise ParameterError(
+            f"threshold selection cannot reach target {float(as_fraction(target)):g}: even its lowest "
+            f"threshold gives ratio {(int(fixed_cost) + lowest) / int(total):.4f} (some layer's smallest "
+            f"ratio is not its cheapest option); use method='knapsack'"
+        )
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        if mid in (low, high):
+            break
+        if cost(picks_at(mid)) <= budget:
+            low = mid
+        else:
+            high = mid
+    return done(picks_at(low))
+
+
+# ---------------------------------------------------------------------------- entry point
+
+METHODS: dict[str, Callable[..., Selection]] = {"knapsack": solve_knapsack, "threshold": solve_threshold}
+
+
+def select(layers: Sequence[LayerOptions], fixed_cost: int, total: int, target, baseline: float,
+           method: str = "knapsack", use_monotonic_fit: bool = False, *, metric: str | None = None) -> Selection:
+    """Choose one option per layer so the model's cost ratio is <= target; see the module doc.
+
+    `target` in (0, 1], read exactly. With `use_monotonic_fit`, each layer's scores are
+    first replaced by their non-decreasing fit in ratio, and the solver (and the returned
+    choices and expected score) use the fitted scores. `method`: a key of METHODS.
+    """
+    if method not in METHODS:
+        raise ParameterError(f"selection method must be one of {sorted(METHODS)}, got {method!r}")
+    layers = list(layers)
+    check_ratio(target, "target")
+    _check_problem(layers, fixed_cost, total, baseline)
+    if use_monotonic_fit:
+        layers = [_fit_layer(layer) for layer in layers]
+    return METHODS[method](layers, fixed_cost, total, target, baseline, metric=metric)

@@ -1,0 +1,204 @@
+"""Auto mode: eval-score dictionary, selection under the target, saved dictionaries, TAR."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import builders as b
+import nets
+import onnx_compress as oc
+from onnx_compress.evaluators import accuracy, fidelity
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+
+
+def wide_cnn(seed=0):
+    """A chain of convs wide enough that every candidate ratio gives a distinct rank."""
+    n = nets.Net(seed)
+    x = n.node("Relu", [n.conv("x", 3, 16, name="c1")])
+    x = n.node("Relu", [n.conv(x, 16, 24, name="c2")])
+    x = n.node("Relu", [n.conv(x, 24, 32, name="c3")])
+    x = n.node("Relu", [n.conv(x, 32, 32, k=1, name="c4")])
+    return n.model(n.head(x, 32))
+
+
+class Counting:
+    """A fidelity evaluator that counts its calls."""
+
+    def __init__(self, model):
+        self.fn = fidelity(nets.calib(model, 16))
+        self.calls = 0
+
+    def __call__(self, session, iterations, use_cuda):
+        self.calls += 1
+        return self.fn(session, iterations, use_cuda)
+
+
+@pytest.mark.parametrize("scheme", ["weight_svd", "spatial_svd"])
+def test_evaluation_count_and_target(scheme):
+    model = wide_cnn()
+    ev = Counting(model)
+    out, stats = oc.compress_auto(model, scheme, 0.6, ev, candidates=5)
+    sel = stats.selection
+    units = len(sel["scores"])
+    assert units >= 3
+    full = [u for u, scores in sel["scores"].items() if len(scores) == 4]
+    assert len(full) >= units - 1  # a layer too small for a candidate rank skips that candidate only
+    assert sel["evaluations"] == sum(len(s) for s in sel["scores"].values()) + 1  # candidates + baseline
+    assert ev.calls == sel["evaluations"] + 1  # + the final model
+    assert stats.mac_ratio <= 0.6
+    assert stats.final_score == pytest.approx(stats.final_score)  # a real number
+    x = nets.calib(model, 2, seed=1)
+    assert b.run(out, x)[0].shape == (2, 10)
+
+
+@pytest.mark.parametrize("model,scheme,target", [
+    ("vgg_small", "weight_svd", 0.7), ("vgg_small", "spatial_svd", 0.5), ("resnet_small", "weight_svd", 0.5),
+])
+def test_reference_models_hit_target_within_one_step(model, scheme, target):
+    data = np.load(MODELS / "digits32_calib.npz")
+    ev = fidelity({"input": data["input"][:64]})
+    out, stats = oc.compress_auto(MODELS / f"{model}.onnx", scheme, target, ev)
+    total = stats.mac_before
+    # largest cost step between neighbouring candidates of any layer
+    step = 0
+    analysis = oc.inspect(MODELS / f"{model}.onnx")
+    for name in stats.selection["scores"]:
+        layer = analysis.find(name)
+        rc = oc.transforms.SCHEMES[scheme].rank_cost(layer, "mac")
+        ranks = sorted({oc.cost.rank_for_ratio(rc, k / 10) for k in range(1, 10)} | {rc.max_rank})
+        step = max(step, max(rc.at(b_) - rc.at(a) for a, b_ in zip(ranks, ranks[1:])) if len(ranks) > 1 else 0)
+        step = max(step, rc.before - rc.at(rc.max_rank))
+    assert stats.mac_ratio <= target
+    assert target - stats.mac_ratio <= step / total + 1e-12
+
+
+def test_saved_dictionary_reproduces_selection_without_evaluations(tmp_path):
+    model = wide_cnn()
+    path = tmp_path / "scores.json"
+    ev = Counting(model)
+    _, first = oc.compress_auto(model, "weight_svd", 0.5, ev, candidates=5, scores_out=path)
+    assert json.loads(path.read_text())["format"] == "onnx_compress.eval_scores/1"
+    ev2 = Counting(model)
+    out, again = oc.compress_auto(model, "weight_svd", 0.5, ev2, candidates=5, saved_eval_scores_dict=path)
+    assert again.selection["evaluations"] == 0 and ev2.calls == 1  # only the final model
+    assert again.selection["chosen"] == first.selection["chosen"]
+    _, other = oc.compress_auto(model, "weight_svd", 0.7, ev2, candidates=5, saved_eval_scores_dict=path)
+    assert other.mac_ratio <= 0.7 and other.selection["evaluations"] == 0
+
+
+def test_mismatched_dictionary_is_refused(tmp_path):
+    path = tmp_path / "scores.json"
+    model = wide_cnn()
+    oc.compress_auto(model, "weight_svd", 0.5, Counting(model), candidates=5, scores_out=path)
+    with pytest.raises(oc.ParameterError, match="another model|model digest|different model"):
+        oc.compress_auto(wide_cnn(seed=1), "weight_svd", 0.5, Counting(model), candidates=5,
+                         saved_eval_scores_dict=path)
+    with pytest.raises(oc.ParameterError, match="scheme"):
+        oc.compress_auto(model, "spatial_svd", 0.5, Counting(model), candidates=5, saved_eval_scores_dict=path)
+    with pytest.raises(oc.ParameterError, match="candidates"):
+        oc.compress_auto(model, "weight_svd", 0.5, Counting(model), candidates=4, saved_eval_scores_dict=path)
+
+
+def test_unreachable_target_names_smallest_ratio():
+    model = wide_cnn()
+    with pytest.raises(oc.ParameterError, match=r"smallest achievable .* ratio is 0\.\d{4}"):
+        oc.compress_auto(model, "weight_svd", 0.02, Counting(model), candidates=5)
+
+
+def test_config_list_precedence_and_ignore():
+    model = wide_cnn()
+    config = [{"op_types": ["Conv"]}, {"op_names": ["c3"], "exclude": True}, {"op_names": ["c2"], "ratio": 0.5},
+              {"op_names": ["re:c[24]"]}]  # later entry: c2 back to auto
+    _, stats = oc.compress_auto(model, "weight_svd", 0.8, Counting(model), candidates=5, config_list=config,
+                                modules_to_ignore=["c1"])
+    assert set(stats.selection["scores"]) == {"c2", "c4"}
+    assert stats.selection["fixed"] == {}
+    reasons = {s.name: s.reason for s in stats.skipped}
+    assert reasons["c3"] == "excluded by config_list entry 2" and reasons["c1"] == "in modules_to_ignore"
+    assert "not matched" in reasons["fc"]
+    config = [{"op_types": ["Conv"]}, {"op_names": ["c2"], "ratio": 0.5}]
+    _, stats = oc.compress_auto(model, "weight_svd", 0.8, Counting(model), candidates=5, config_list=config)
+    assert stats.selection["fixed"] == {"c2": 0.5} and "c2" not in stats.selection["scores"]
+    assert any(l.name == "c2" and l.requested_ratio == 0.5 for l in stats.layers)
+
+
+def test_knapsack_beats_or_ties_threshold_at_equal_budget():
+    model = wide_cnn()
+    ev = Counting(model)
+    _, knap = oc.compress_auto(model, "weight_svd", 0.5, ev, candidates=5, method="knapsack")
+    _, thr = oc.compress_auto(model, "weight_svd", 0.5, ev, candidates=5, method="threshold")
+    assert thr.mac_ratio <= 0.5 and knap.mac_ratio <= 0.5
+    assert knap.selection["expected_score"] >= thr.selection["expected_score"] - 1e-12
+    assert knap.mac_ratio >= thr.mac_ratio - 1e-12 or knap.selection["expected_score"] > thr.selection["expected_score"]
+
+
+def test_tar_rank_selection():
+    model = wide_cnn()
+    out, stats = oc.compress_auto(model, "weight_svd", 0.6, Counting(model), candidates=6, rank_select="tar")
+    assert stats.selection["rank_select"] == "tar" and stats.mac_ratio <= 0.6
+    levels = stats.selection["candidates"]
+    assert levels == sorted(levels) and 0 < levels[0] < levels[-1] < 1
+
+
+def test_trainer_called_after_each_layer():
+    model = wide_cnn()
+    seen = []
+
+    class Trainer:
+        def train_model(self, m, layer_name, train_flag=True):
+            assert isinstance(m, onnx.ModelProto) and train_flag
+            seen.append(layer_name)
+            return m
+
+    _, stats = oc.compress_auto(model, "weight_svd", 0.6, Counting(model), candidates=5, trainer=Trainer())
+    assert seen and set(seen) == {l.name for l in stats.layers}
+
+
+def test_channel_pruning_auto_meets_target():
+    model = wide_cnn()
+    data = nets.calib(model, 32)
+    out, stats = oc.compress_auto(model, "channel_pruning", 0.6, Counting(model), candidates=5, data=data,
+                                  num_reconstruction_samples=300)
+    assert stats.mac_ratio <= 0.6
+    assert stats.selection["evaluations"] > 1
+    x = nets.calib(model, 2, seed=1)
+    assert b.run(out, x)[0].shape == (2, 10)
+
+
+def test_aimet_auto_mode():
+    model = wide_cnn()
+    params = oc.SpatialSvdParameters(
+        oc.SpatialSvdParameters.Mode.auto,
+        oc.SpatialSvdParameters.AutoModeParams(oc.GreedySelectionParameters(0.6, num_comp_ratio_candidates=5),
+                                               modules_to_ignore=["c1"]))
+    out, stats = oc.ModelCompressor.compress_model(model, Counting(model), None, (1, 3, 16, 16),
+                                                   oc.CompressionScheme.spatial_svd, oc.CostMetric.mac, params)
+    assert stats.mac_ratio <= 0.6 and "c1" not in stats.selection["scores"]
+
+
+def test_cli_auto_with_fidelity_and_saved_scores(tmp_path):
+    model_path = tmp_path / "m.onnx"
+    model = wide_cnn()
+    onnx.save(model, str(model_path))
+    np.savez(tmp_path / "calib.npz", **nets.calib(model, 16))
+    common = [sys.executable, "-m", "onnx_compress.cli", "compress", str(model_path), "--scheme", "weight_svd",
+              "--data", str(tmp_path / "calib.npz"), "--candidates", "5"]
+    r = subprocess.run(common + ["-o", str(tmp_path / "a.onnx"), "--target", "0.6", "--scores-out",
+                                 str(tmp_path / "s.json"), "--stats", str(tmp_path / "st.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "fidelity on" in r.stdout
+    r = subprocess.run(common + ["-o", str(tmp_path / "b.onnx"), "--target", "0.4", "--scores-in",
+                                 str(tmp_path / "s.json")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "0 evaluations" in r.stdout
+    r = subprocess.run(common + ["-o", str(tmp_path / "c.onnx"), "--target", "0.01"], capture_output=True, text=True)
+    assert r.returncode == 2 and "smallest achievable" in r.stderr and not (tmp_path / "c.onnx").exists()
