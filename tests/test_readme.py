@@ -31,16 +31,28 @@ def test_python_quick_start_runs(workdir):
     assert (workdir / "out" / "vgg_ssvd.onnx").is_file()
 
 
-def test_main_command_runs_and_prints_accuracy(workdir):
+def _bash(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def test_main_command_runs_auto_mode_and_prints_accuracy(workdir):
     main = blocks("bash")[0].strip()
     assert main.startswith("pip install -e . && ")
-    command = main[len("pip install -e . && "):]
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    r = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, cwd=workdir)
+    r = _bash(main[len("pip install -e . && "):], workdir)
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if l.startswith("accuracy on"))
+    assert "(target 0.5)" in line
+    assert float(line.split("MAC ratio ")[1].split()[0]) <= 0.5
+
+
+def test_manual_loop_on_all_reference_models(workdir):
+    loop = next(b for b in blocks("bash") if b.startswith("for m in"))
+    r = _bash(loop.strip(), workdir)
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stdout.splitlines() if l.startswith("top-1 accuracy")]
-    assert len(lines) == 6  # three models x two schemes
-    assert len(list((workdir / "out").glob("*.onnx"))) == 6
+    assert len(lines) == 9  # three models x three schemes
+    assert len(list((workdir / "out").glob("*.onnx"))) == 9
 
 
 def test_test_command_is_what_ci_runs():

@@ -33,8 +33,6 @@ The script is deterministic (all seeds fixed, deterministic algorithms,
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import random
 import sys
 import time
@@ -64,7 +62,6 @@ def seed_everything(seed: int = SEED) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
 
 
 # --------------------------------------------------------------------------- data
@@ -219,11 +216,37 @@ class MobileNetSmall(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
-# name -> (constructor, epochs, learning rate)
+# name -> (constructor, epochs, peak learning rate).  Widths and the short
+# one-cycle schedules were chosen so that each model lands at about 96-97%
+# test accuracy (over seeds 0-3 the spread is roughly +-1%): fully trained,
+# even these small nets reach ~99% on digits, which would leave compression
+# nothing visible to lose.
 MODELS = {
-    "vgg_small": (VGGSmall, 3, 3e-3),
-    "resnet_small": (ResNetSmall, 3, 3e-3),
-    "mobilenet_small": (MobileNetSmall, 4, 3e-3),
+    "vgg_small": (lambda: VGGSmall(widths=(8, 16, 24), hidden=32), 5, 1e-3),
+    "resnet_small": (lambda: ResNetSmall(widths=(8, 16, 32)), 4, 7e-3),
+    "mobilenet_small": (MobileNetSmall, 4, 1e-2),
+}
+
+
+# One-line architecture descriptions for models/README.md.
+ARCH = {
+    "vgg_small": "VGG-style: [Conv3x3(1->8)+BN+Relu, Conv3x3(8->8)+BN+Relu, MaxPool] "
+                 "-> [Conv3x3(8->16)+BN+Relu, Conv3x3(16->16)+BN+Relu, MaxPool] -> "
+                 "[Conv3x3(16->24)+BN+Relu, MaxPool] -> Flatten(384) -> Gemm(384->32) "
+                 "-> Relu -> Gemm(32->10).",
+    "resnet_small": "ResNet-style: stem Conv3x3(1->8)+BN+Relu; BasicBlock(8->8, stride 1, "
+                    "identity shortcut); BasicBlock(8->16, stride 2, 1x1 Conv+BN "
+                    "projection shortcut); BasicBlock(16->32, stride 2, 1x1 projection); "
+                    "GlobalAveragePool -> Flatten -> Gemm(32->10). BasicBlock = "
+                    "Conv3x3+BN+Relu, Conv3x3+BN, Add(shortcut), Relu.",
+    "mobilenet_small": "MobileNetV3-style: stem Conv3x3(1->8)+BN+HardSwish; 5 inverted "
+                       "residual blocks (expand/out/stride: 16/8/1, 32/16/2, 48/16/1, "
+                       "64/24/2, 72/24/1), each 1x1 expand Conv+BN+HardSwish -> 3x3 "
+                       "depthwise Conv (group = channels)+BN+HardSwish -> squeeze-excite "
+                       "(GlobalAveragePool -> 1x1 Conv -> Relu -> 1x1 Conv -> HardSigmoid "
+                       "-> Mul) -> 1x1 project Conv+BN, residual Add when stride 1 and "
+                       "in == out (blocks 1, 3, 5); 1x1 Conv(24->64)+BN+HardSwish -> "
+                       "GlobalAveragePool -> Flatten -> Gemm(64->10).",
 }
 
 
@@ -403,8 +426,7 @@ def main(argv=None) -> int:
         print(f"   test accuracy: torch {torch_acc:.4f}, ONNX (onnxruntime) {acc:.4f}, "
               f"max |logit diff| {diff:.2e}, {time.time() - t:.1f}s")
         rows.append(dict(name=name, params=n_params, macs=macs, acc=acc, size=size,
-                         epochs=epochs, ops=op_summary(m),
-                         sha=hashlib.sha256(path.read_bytes()).hexdigest()[:16]))
+                         epochs=epochs, lr=lr, ops=op_summary(m)))
 
     write_readme(out, rows, mean, std, len(y_tr), len(y_cal), len(y_te))
     print(f"\nACCURACY (ONNX, onnxruntime CPU, {len(y_te)} test images): " +
@@ -447,11 +469,20 @@ def write_readme(out: Path, rows, mean, std, n_train, n_calib, n_test) -> None:
         f"`digits32_test.npz` ({n_test} images) with onnxruntime "
         "(CPUExecutionProvider). Exact values may differ slightly on other CPUs.",
         "",
-        "Graph operators:",
+        "## Models",
         "",
     ]
     for r in rows:
-        lines.append(f"- `{r['name']}` ({r['epochs']} epochs): {r['ops']}")
+        lines.append(f"- `{r['name']}`: {ARCH[r['name']]}")
+        lines.append(f"  - training: {r['epochs']} epochs, peak lr {r['lr']}")
+        lines.append(f"  - operators: {r['ops']}")
+    lines += [
+        "",
+        "Training (all models): Adam, one-cycle learning-rate schedule, batch 64, "
+        "cross-entropy, no augmentation, seed 0, `torch.set_num_threads(2)`, "
+        "`torch.use_deterministic_algorithms(True)`. The short schedules are "
+        "deliberate: fully trained, even these nets reach ~99% on digits.",
+    ]
     lines += [
         "",
         "All models: opset 17, input `input` float32 `[batch, 1, 32, 32]` (dynamic "
