@@ -131,3 +131,165 @@ class WeightSwapper:
         sess = ort.InferenceSession(self.model_bytes, opts, providers=providers(self.use_cuda))
         sess._onnx_compress_keepalive = values  # the session reads these buffers
         return sess
+
+
+# ------------------------------------------------------------------ prefix caching
+def _feed_key(feed: dict) -> tuple:
+    import hashlib
+
+    parts = []
+    for name in sorted(feed):
+        arr = np.ascontiguousarray(feed[name])
+        parts.append((name, arr.shape, str(arr.dtype), hashlib.blake2b(arr.tobytes(), digest_size=16).digest()))
+    return tuple(parts)
+
+
+def suffix_model(model: onnx.ModelProto, start_nodes: set[str]) -> tuple[onnx.ModelProto, list[str]] | None:
+    """The part of `model` that depends on the nodes `start_nodes`, and its boundary inputs.
+
+    Boundary: tensors the suffix reads that the rest of the graph (or the graph inputs)
+    computes, plus graph outputs the suffix does not reach. None when the graph has
+    subgraph nodes in the suffix or the extraction fails (callers use the full model).
+    """
+    import onnx.utils
+
+    graph = model.graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    suffix, stack = set(), [n for n in graph.node if n.name in start_nodes]
+    while stack:
+        node = stack.pop()
+        if id(node) in suffix:
+            continue
+        suffix.add(id(node))
+        for out in node.output:
+            stack.extend(consumers.get(out, []))
+    nodes = [n for n in graph.node if id(n) in suffix]
+    if not nodes or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                        for n in nodes for a in n.attribute):
+        return None
+    produced = {o for n in nodes for o in n.output}
+    inits = {t.name for t in graph.initializer}
+    boundary = sorted({i for n in nodes for i in n.input if i and i not in produced and i not in inits})
+    boundary += [o.name for o in graph.output if o.name not in produced and o.name not in boundary]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        sub = onnx.utils.Extractor(inferred).extract_model(boundary, [o.name for o in graph.output])
+    except Exception:
+        return None
+    return sub, boundary
+
+
+class _Recorder:
+    """Runs the full model and stores the boundary tensors of every unit per feed."""
+
+    def __init__(self, cache: PrefixCache, session: ort.InferenceSession):
+        self._cache, self._session = cache, session
+
+    def run(self, output_names, input_feed, run_options=None):
+        names = [o.name for o in self._session.get_outputs()]
+        wanted = list(dict.fromkeys(list(self._cache.model_outputs) + self._cache.needed))
+        values = self._session.run(wanted, input_feed, run_options)
+        by_name = dict(zip(wanted, values))
+        self._cache.store(input_feed, by_name)
+        keys = names if output_names is None else list(output_names)
+        return [by_name[k] for k in keys]
+
+    def get_inputs(self):
+        return self._cache.inputs
+
+    def get_outputs(self):
+        return self._cache.outputs
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+class _SuffixSession:
+    """Looks like a session of the candidate model; runs only the suffix on cached inputs."""
+
+    def __init__(self, cache: PrefixCache, unit: str, session: ort.InferenceSession, fallback):
+        self._cache, self._unit, self._session, self._fallback = cache, unit, session, fallback
+        self._full = None
+
+    def run(self, output_names, input_feed, run_options=None):
+        boundary = self._cache.lookup(self._unit, input_feed)
+        if boundary is None:  # data the baseline did not see: run the whole candidate model
+            if self._full is None:
+                self._full = self._fallback()
+            return self._full.run(output_names, input_feed, run_options)
+        keys = [o.name for o in self._cache.outputs] if output_names is None else list(output_names)
+        return self._session.run(keys, boundary, run_options)
+
+    def get_inputs(self):
+        return self._cache.inputs
+
+    def get_outputs(self):
+        return self._cache.outputs
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+class PrefixCache:
+    """Scores candidates by running only the part of the model after the changed layers.
+
+    The baseline evaluation goes through `recording_session()`, which stores, for each
+    feed the evaluator uses, every unit's boundary tensors (the activations its suffix
+    reads). A candidate session then runs the unit's suffix model with the candidate
+    weights swapped in, fed from that cache; outputs are those of the full candidate
+    model. Feeds the baseline did not see fall back to the full model. Units whose
+    cached activations would pass `max_bytes` in total are not cached.
+    """
+
+    def __init__(self, model: onnx.ModelProto, units: dict[str, list[str]], use_cuda: bool = False,
+                 threads: int | None = None, max_bytes: int = 2 * 2**30, batches: int = 64):
+        self.model, self.use_cuda, self.threads = model, use_cuda, threads
+        self.full = session(model, use_cuda, threads)
+        self.inputs, self.outputs = self.full.get_inputs(), self.full.get_outputs()
+        self.model_outputs = [o.name for o in self.outputs]
+        consumers = {}
+        for node in model.graph.node:
+            for i in node.input:
+                consumers.setdefault(i, set()).add(node.name)
+        self.plans: dict[str, tuple] = {}
+        for unit, weights in units.items():
+            starts = set().union(*(consumers.get(w, set()) for w in weights)) if weights else set()
+            plan = suffix_model(model, starts) if starts else None
+            if plan is not None:
+                self.plans[unit] = plan
+        self.needed = sorted({b for _, boundary in self.plans.values() for b in boundary})
+        self.recorder_session = session(model, use_cuda, threads, extra_outputs=self.needed)
+        self.max_bytes, self.used = max_bytes, 0
+        self.store_by_feed: dict[tuple, dict[str, np.ndarray]] = {}
+        self.swappers: dict[str, WeightSwapper] = {}
+
+    def recording_session(self) -> _Recorder:
+        return _Recorder(self, self.recorder_session)
+
+    def store(self, feed: dict, values: dict[str, np.ndarray]) -> None:
+        size = sum(v.nbytes for k, v in values.items() if k in self.needed)
+        if self.used + size > self.max_bytes:
+            return
+        self.used += size
+        self.store_by_feed[_feed_key(feed)] = {k: values[k] for k in self.needed}
+
+    def lookup(self, unit: str, feed: dict) -> dict | None:
+        values = self.store_by_feed.get(_feed_key(feed))
+        if values is None:
+            return None
+        return {k: values[k] for k in self.plans[unit][1]}
+
+    def candidate(self, unit: str, overrides: dict, fallback) -> object:
+        """A session-like object for the model with `overrides` swapped in at `unit`."""
+        if unit not in self.plans:
+            return fallback()
+        if unit not in self.swappers:
+            sub = self.plans[unit][0]
+            names = [n for n in overrides if n in {t.name for t in sub.graph.initializer}]
+            self.swappers[unit] = WeightSwapper(sub, names, self.use_cuda, self.threads)
+        swapper = self.swappers[unit]
+        sess = swapper.session({k: v for k, v in overrides.items() if k in swapper.values})
+        return _SuffixSession(self, unit, sess, fallback)

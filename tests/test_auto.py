@@ -202,3 +202,26 @@ def test_cli_auto_with_fidelity_and_saved_scores(tmp_path):
     assert "0 evaluations" in r.stdout
     r = subprocess.run(common + ["-o", str(tmp_path / "c.onnx"), "--target", "0.01"], capture_output=True, text=True)
     assert r.returncode == 2 and "smallest achievable" in r.stderr and not (tmp_path / "c.onnx").exists()
+
+
+@pytest.mark.parametrize("scheme", ["spatial_svd", "channel_pruning"])
+def test_prefix_cache_gives_the_same_scores(scheme):
+    """Suffix-only evaluation on cached activations equals evaluating the whole model."""
+    from onnx_compress import ir, layers, pruning
+    from onnx_compress.select import greedy, prune_units
+
+    proto = ir.load(MODELS / "resnet_small.onnx")
+    analysis = layers.analyze(proto)
+    names = [l.name for l in analysis.compressible]
+    keys = greedy.candidate_keys(4)
+    if scheme == "channel_pruning":
+        settings = pruning.PruneSettings(data=str(MODELS / "digits32_calib.npz"), num_reconstruction_samples=200)
+        units, _ = prune_units.group_units(proto, analysis, names, keys, settings, "mac", 1)
+    else:
+        units, _ = greedy.svd_units(analysis, scheme, names, keys, "mac", 1)
+    test = np.load(MODELS / "digits32_test.npz")
+    ev = accuracy({"input": test["input"][:128], "labels": test["labels"][:128]})
+    cached = greedy.build_dictionary(proto, units, ev, None, False, prefix_cache=True)
+    full = greedy.build_dictionary(proto, units, ev, None, False, prefix_cache=False)
+    assert cached.baseline == full.baseline
+    assert cached.scores == full.scores

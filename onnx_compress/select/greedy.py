@@ -138,47 +138,49 @@ def _initializer_names(proto: onnx.ModelProto) -> set[str]:
 
 # ------------------------------------------------------------------------------ scoring
 def build_dictionary(proto: onnx.ModelProto, units: list[Unit], eval_callback, iterations, use_cuda: bool,
-                     workers: int = 1, progress: Callable | None = None) -> Dictionary:
-    """Score the model and every candidate of every unit (a unit alone compressed)."""
-    names = sorted({n for u in units for c in u.candidates[:1] for n in u.overrides(c)})
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    swapper = runtime.WeightSwapper(proto, names, use_cuda, threads=threads if workers > 1 else None)
+                     workers: int = 1, progress: Callable | None = None, prefix_cache: bool = True) -> Dictionary:
+    """Score the model and every candidate of every unit (a unit alone compressed).
+
+    With `prefix_cache`, the baseline evaluation records the activations each unit's
+    suffix needs, and candidates run only the part of the model after the changed
+    layers (runtime.PrefixCache); the results are the same.
+    """
+    weights = {u.name: sorted(u.overrides(u.candidates[0])) for u in units}
+    names = sorted({n for ws in weights.values() for n in ws})
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if workers > 1 else None
+    swapper = runtime.WeightSwapper(proto, names, use_cuda, threads=threads)
+    cache = runtime.PrefixCache(proto, weights, use_cuda, threads) if prefix_cache else None
     t0 = time.perf_counter()
     timing = {"eval": 0.0, "session": 0.0}
 
-    def score(overrides) -> float:
+    def score(make_session) -> float:
         t = time.perf_counter()
-        sess = swapper.session(overrides)
+        sess = make_session()
         t1 = time.perf_counter()
         value = eval_callback(sess, iterations, use_cuda)
-        t2 = time.perf_counter()
         timing["session"] += t1 - t
-        timing["eval"] += t2 - t1
+        timing["eval"] += time.perf_counter() - t1
         return float(value)
 
-    baseline = score({})
+    baseline = score(cache.recording_session if cache else swapper.session)
     tasks = [(u, c) for u in units for c in u.candidates]
-    done = 0
     results: dict[str, dict[float, float]] = {u.name: {} for u in units}
 
     def run(task):
         unit, cand = task
-        return unit.name, cand.key, score(unit.overrides(cand))
+        overrides = unit.overrides(cand)
 
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            for name, key, value in pool.map(run, tasks):
-                results[name][key] = value
-                done += 1
-                if progress:
-                    progress(done, len(tasks))
-    else:
-        for task in tasks:
-            name, key, value = run(task)
-            results[name][key] = value
-            done += 1
-            if progress:
-                progress(done, len(tasks))
+        def full():
+            return swapper.session(overrides)
+
+        make = (lambda: cache.candidate(unit.name, overrides, full)) if cache else full
+        return unit.name, cand.key, score(make)
+
+    mapper = ThreadPoolExecutor(workers).map if workers > 1 else map
+    for done, (name, key, value) in enumerate(mapper(run, tasks), start=1):
+        results[name][key] = value
+        if progress:
+            progress(done, len(tasks))
     return Dictionary(baseline=baseline, scores=results, evaluations=len(tasks) + 1,
                       seconds=time.perf_counter() - t0, eval_seconds=timing["eval"],
                       session_seconds=timing["session"])
