@@ -32,7 +32,7 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
              cost_metric: str = "mac", multiplicity: int = 1, input_shape=None,
              eval_callback: Callable | None = None, eval_iterations: int | None = None,
              use_cuda: bool = False, data=None, num_reconstruction_samples: int = 2000,
-             allow_custom_downsample_ops: bool = False, selection: str = "greedy",
+             allow_custom_downsample_ops: bool = False, selection: str = "magnitude",
              reconstruct: bool = True, seed: int = 0) -> tuple[onnx.ModelProto, CompressionStats]:
     """Compress `model` with `scheme` at manually chosen per-layer ratios.
 
@@ -49,7 +49,7 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     after (optional).
     Channel pruning: data (calibration .npz path, dict of arrays, iterable of feed dicts
     or CalibrationDataReader), num_reconstruction_samples (per layer), selection
-    ("greedy" least squares or "magnitude"), reconstruct (least-squares refit), seed.
+    ("magnitude", the default, or "greedy" least squares), reconstruct (least-squares refit), seed.
     Returns the compressed ModelProto and its statistics (achieved figures measured on it).
     """
     steps = [_scheme_name(s) for s in (scheme if isinstance(scheme, (list, tuple)) else [scheme])]
@@ -365,7 +365,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
                   method: str = "knapsack", rank_select: str = "greedy", modules_to_ignore=None,
                   config_list=None, saved_eval_scores_dict=None, scores_out=None, workers: int = 1,
                   trainer=None, multiplicity: int = 1, input_shape=None, use_cuda: bool = False, data=None,
-                  num_reconstruction_samples: int = 2000, selection: str = "greedy", reconstruct: bool = True,
+                  num_reconstruction_samples: int = 2000, selection: str = "magnitude", reconstruct: bool = True,
                   seed: int = 0, progress: Callable | None = None) -> tuple[onnx.ModelProto, CompressionStats]:
     """Auto mode: choose per-layer ratios so the model's cost ratio meets `target`.
 

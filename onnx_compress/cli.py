@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="calibration data (inputs by name) for channel pruning's sampling")
     com.add_argument("--samples", type=int, default=2000, metavar="N",
                      help="channel pruning: reconstruction samples per layer (default 2000)")
-    com.add_argument("--selection", choices=("greedy", "magnitude"), default="greedy",
-                     help="channel pruning: which input channels to keep (default greedy least squares)")
+    com.add_argument("--selection", choices=("magnitude", "greedy"), default="magnitude",
+                     help="channel pruning: which input channels to keep: largest weight magnitude "
+                          "(default; kept more accuracy in docs/benchmarks.md) or greedy least squares")
     com.add_argument("--no-reconstruction", action="store_true",
                      help="channel pruning: skip the least-squares refit of pruned layers")
     com.add_argument("--allow-downsample", action="store_true",

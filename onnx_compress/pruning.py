@@ -5,7 +5,7 @@ For each requested layer L:
 1. build L's channel group on the current (already partly pruned) model;
 2. sample L's input patches from the current model through ONNX Runtime (at random
    output positions of calibration batches, seeded) and choose the channels to keep
-   (`selection`: "greedy" least squares, or AIMET's "magnitude");
+   (`selection`: AIMET's "magnitude", the default, or "greedy" least squares);
 3. winnow: remove the other channels from every tensor and node of the group, so the
    upstream producers really lose output channels and their MACs fall too;
 4. reconstruct every layer that lost input channels: least squares on inputs from the
@@ -46,7 +46,7 @@ class PruneSettings:
     data: object
     num_reconstruction_samples: int = 2000
     allow_custom_downsample_ops: bool = False
-    selection: str = "greedy"
+    selection: str = "magnitude"
     reconstruct: bool = True
     seed: int = 0
     use_cuda: bool = False
@@ -282,7 +282,7 @@ def _prune_one(state: _State, sampler: Sampler, name: str, ratio: Fraction, sett
     if extra:
         notes.append(f"same group: {extra}")
     if any(r for r in refits):
-        notes.append("under-determined refit (more samples would help)")
+        notes.append("fewer samples than unknowns: refit regularised toward the weights")
     return LayerStats(
         name=name, op=layer.op, scheme="channel_pruning", requested_ratio=float(ratio),
         achieved_ratio=float(frac), rank=keep, full_rank=size,
@@ -336,12 +336,12 @@ def _refit(state: _State, sampler: Sampler, name: str, settings: PruneSettings, 
     patches, targets = sample_layer(sampler, state.model, layer, rng, settings.num_reconstruction_samples,
                                     True, node.outputs[0].name, state.out_keep.get(name))
     # Targets come from the original model, whose output tensor has the same name.
-    eqs = reconstruct.NormalEquations(dim=patches.shape[1] * patches.shape[2], n_out=targets.shape[1],
-                                      fit_bias=fit_bias)
-    eqs.add(patches.reshape(len(patches), -1).astype(np.float64), targets.astype(np.float64))
-    sol = eqs.solve(settings.ridge)
+    w0 = _layer_weight(layer).astype(np.float64)
+    has_bias = len(node.inputs) > 2 and node.inputs[2].name and ir.constant_value(node.inputs[2]) is not None
+    b0 = ir.constant_value(node.inputs[2]).reshape(-1) if has_bias else None
+    w, bias_fit, _alpha = reconstruct.reconstruct_toward(patches, targets, w0, b0, fit_bias, seed=settings.seed)
     dtype = layer.weight.dtype
-    w = sol.weight.reshape(targets.shape[1], patches.shape[1], patches.shape[2])
+    underdetermined = len(patches) < w0[0].size + int(fit_bias)
     taken = ir.all_names(analysis.graph)
     if layer.op == "Conv":
         new_w = w.reshape(layer.weight.shape).astype(dtype)
@@ -354,13 +354,13 @@ def _refit(state: _State, sampler: Sampler, name: str, settings: PruneSettings, 
             node.attrs["beta"] = 1.0
     ir.set_input(node, 1, new_w, ir.unique_name(None, f"{name}.weight", taken))
     if fit_bias:
-        bias = sol.bias.astype(dtype)
+        bias = bias_fit.astype(dtype)
         if len(node.inputs) > 2 and node.inputs[2].name:
             ir.set_input(node, 2, bias, ir.unique_name(None, f"{name}.bias", taken))
         else:
             ir.append_input(node, bias, ir.unique_name(None, f"{name}.bias", taken))
     state.model = ir.export(analysis.graph, state.model)
-    return bool(sol.underdetermined)
+    return underdetermined
 
 
 

@@ -157,10 +157,9 @@ def _overrides(group, members, samples, removed: np.ndarray, settings) -> dict[s
         has_bias = len(m.node.inputs) > 2 and m.node.inputs[2].name and ir.constant_value(m.node.inputs[2]) is not None
         new = np.zeros_like(w3)
         if settings.reconstruct:
-            y = targets.astype(np.float64)
             bias = ir.constant_value(m.node.inputs[2]).astype(np.float64).reshape(-1) if has_bias else None
-            fit_w, fit_b = reconstruct.reconstruct(patches[:, keep].astype(np.float64), y, fit_bias=bool(has_bias),
-                                                   ridge=settings.ridge)
+            fit_w, fit_b, _ = reconstruct.reconstruct_toward(patches[:, keep], targets, w3[:, keep], bias,
+                                                             bool(has_bias), seed=settings.seed)
             new[:, keep] = fit_w
             if has_bias and fit_b is not None and bias is not None and bias.shape == fit_b.shape:
                 out[m.node.inputs[2].name] = fit_b.astype(m.weight.dtype)
