@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -187,19 +188,36 @@ def build_dictionary(proto: onnx.ModelProto, units: list[Unit], eval_callback, i
 
 
 # ---------------------------------------------------------------------------- selection
+def _relative(score: float, baseline: float) -> float:
+    """Score as the log of its ratio to the baseline (the 'product' objective's loss unit)."""
+    floor = 1e-3 * max(abs(baseline), 1e-12)
+    return float(np.log(max(score, floor) / max(baseline, floor)))
+
+
 def choose(units: list[Unit], dictionary: Dictionary, current_total: int, total: int, target, method: str,
-           use_monotonic_fit: bool) -> solve.Selection:
+           use_monotonic_fit: bool, objective: str = "product") -> solve.Selection:
     """Pick one candidate per unit so the model's cost is at most `target` x `total`.
 
     `current_total`: cost of the model the units belong to (after any fixed-ratio layers);
     `total`: cost of the original model, which the target refers to.
+    `objective`: how single-layer scores combine into the model's expected score:
+    "product" (default) expects baseline x prod(score_i / baseline), i.e. the relative
+    losses multiply, so two choices that each halve the score are worth a quarter;
+    "sum" expects baseline - sum(baseline - score_i) (AIMET-style additive losses).
     """
+    if objective not in ("product", "sum"):
+        raise ParameterError(f"objective must be 'product' or 'sum', got {objective!r}")
+    base = dictionary.baseline
+
+    def value(score: float) -> float:
+        return score if objective == "sum" else base + max(abs(base), 1e-12) * _relative(score, base)
+
     layer_opts, offset = [], 0
     for u in units:
-        opts = [solve.Option(ratio=1.0, cost=u.base_cost, score=dictionary.baseline)]
+        opts = [solve.Option(ratio=1.0, cost=u.base_cost, score=value(base))]
         for c in u.candidates:
             if c.key in dictionary.scores.get(u.name, {}):
-                opts.append(solve.Option(ratio=c.key, cost=c.cost, score=dictionary.scores[u.name][c.key]))
+                opts.append(solve.Option(ratio=c.key, cost=c.cost, score=value(dictionary.scores[u.name][c.key])))
         layer_opts.append(solve.LayerOptions(u.name, tuple(opts)))
         offset += u.base_cost
     fixed = current_total - offset
@@ -208,8 +226,17 @@ def choose(units: list[Unit], dictionary: Dictionary, current_total: int, total:
         shifted = tuple(solve.Option(o.ratio, o.cost - fixed, o.score) for o in first.options)
         layer_opts[0] = solve.LayerOptions(first.name, shifted)
         fixed = 0
-    return solve.select(layer_opts, fixed, total, target, dictionary.baseline, method=method,
-                        use_monotonic_fit=use_monotonic_fit)
+    chosen = solve.select(layer_opts, fixed, total, target, value(base), method=method,
+                          use_monotonic_fit=use_monotonic_fit)
+    if objective == "product":  # report the expected score in score units
+        expected = base * float(np.exp((chosen.expected_score - base) / max(abs(base), 1e-12)))
+        real = {n: solve.Option(o.ratio, o.cost, _score_of(dictionary, n, o.ratio)) for n, o in chosen.choices.items()}
+        chosen = dataclasses.replace(chosen, expected_score=expected, choices=real)
+    return chosen
+
+
+def _score_of(dictionary: Dictionary, unit: str, key: float) -> float:
+    return dictionary.baseline if key == 1.0 else dictionary.scores[unit][key]
 
 
 def to_table(dictionary: Dictionary, digest: str, scheme: str, metric: str, keys: list[float]) -> scores_io.ScoreTable:

@@ -76,6 +76,12 @@ def _samples(sampler, layer: layers.Layer, rng, n: int):
 def _unit(root, group, members, analysis, sampler, rng, keys, settings, metric, multiplicity):
     size = group.size
     samples = {m.name: _samples(sampler, m, rng, settings.num_reconstruction_samples) for m in members}
+    grams = {}
+    if settings.reconstruct:
+        for m in members:
+            has_bias = len(m.node.inputs) > 2 and m.node.inputs[2].name and ir.constant_value(m.node.inputs[2]) is not None
+            grams[m.name] = reconstruct.GramFit(samples[m.name][0], samples[m.name][1], bool(has_bias),
+                                                seed=settings.seed)
     root_index = group.positions[root.node.inputs[0].name].index
     weight_view = pruning.root_view(pruning.layer_weight(root), root_index)
     patches_view = None
@@ -102,7 +108,7 @@ def _unit(root, group, members, analysis, sampler, rng, keys, settings, metric, 
         removed_by_key[key] = removed
 
     def overrides(c: Candidate) -> dict[str, np.ndarray]:
-        return _overrides(group, members, samples, removed_by_key[c.key], settings)
+        return _overrides(group, members, samples, grams, removed_by_key[c.key], settings)
 
     return Unit(root.name, cands, overrides, base)
 
@@ -146,7 +152,7 @@ def _width(action) -> int:
     return int(weight.shape[k_axis] if action.kind == "in" else weight.shape[n_axis])
 
 
-def _overrides(group, members, samples, removed: np.ndarray, settings) -> dict[str, np.ndarray]:
+def _overrides(group, members, samples, grams, removed: np.ndarray, settings) -> dict[str, np.ndarray]:
     out = {}
     for m in members:
         patches, targets = samples[m.name]
@@ -158,8 +164,7 @@ def _overrides(group, members, samples, removed: np.ndarray, settings) -> dict[s
         new = np.zeros_like(w3)
         if settings.reconstruct:
             bias = ir.constant_value(m.node.inputs[2]).astype(np.float64).reshape(-1) if has_bias else None
-            fit_w, fit_b, _ = reconstruct.reconstruct_toward(patches[:, keep], targets, w3[:, keep], bias,
-                                                             bool(has_bias), seed=settings.seed)
+            fit_w, fit_b, _ = grams[m.name].fit(keep, w3[:, keep])
             new[:, keep] = fit_w
             if has_bias and fit_b is not None and bias is not None and bias.shape == fit_b.shape:
                 out[m.node.inputs[2].name] = fit_b.astype(m.weight.dtype)

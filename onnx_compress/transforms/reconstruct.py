@@ -546,3 +546,56 @@ def reconstruct_toward(patches: np.ndarray, targets: np.ndarray, weight0: np.nda
     weight = t[: c * k].T.reshape(len(w0), c, k)
     bias = t[c * k] if fit_bias else None
     return weight, bias, float(best_alpha)
+
+
+class GramFit:
+    """`reconstruct_toward` for many channel subsets of one layer, from Gram matrices.
+
+    The layer's patches (n, C, K) and targets (n, n_out) are reduced once to X^T X, X^T Y
+    and Y^T Y on a fit split, a held-out split and all samples; each `fit(keep, w0)` then
+    slices the kept channels' rows and columns and solves, without touching the samples.
+    """
+
+    def __init__(self, patches: np.ndarray, targets: np.ndarray, fit_bias: bool, holdout: float = 0.2,
+                 seed: int = 0):
+        n, self.c, self.k = patches.shape
+        x = patches.reshape(n, self.c * self.k).astype(np.float64)
+        y = targets.astype(np.float64)
+        if fit_bias:
+            x = np.concatenate([x, np.ones((n, 1))], axis=1)
+        self.fit_bias = fit_bias
+        order = np.random.default_rng(seed).permutation(n)
+        n_val = int(round(n * holdout)) if n >= 10 else 0
+        val, fit = order[:n_val], order[n_val:]
+        self.parts = {}
+        for name, idx in (("fit", fit), ("val", val), ("all", order)):
+            xs, ys = x[idx], y[idx]
+            self.parts[name] = (xs.T @ xs, xs.T @ ys, float((ys * ys).sum()))
+        self.has_val = n_val > 0
+
+    def _index(self, keep: np.ndarray) -> np.ndarray:
+        cols = (np.asarray(keep)[:, None] * self.k + np.arange(self.k)).reshape(-1)
+        return np.concatenate([cols, [self.c * self.k]]) if self.fit_bias else cols
+
+    def fit(self, keep: np.ndarray, weight0: np.ndarray, alphas=ALPHAS):
+        """Weight (n_out, len(keep), K), bias or None, alpha: refit on channels `keep`."""
+        idx = self._index(keep)
+        w0 = weight0.reshape(len(weight0), -1).astype(np.float64)
+        d = w0.shape[1]
+        best = alphas[min(3, len(alphas) - 1)]
+        if self.has_val:
+            gf, bf, _ = self.parts["fit"]
+            gv, bv, yv = self.parts["val"]
+            a, b = gf[np.ix_(idx, idx)], bf[idx]
+            av, bvv = gv[np.ix_(idx, idx)], bv[idx]
+            scale = max(np.trace(a[:d, :d]) / d, 1e-30)
+            errors = []
+            for alpha in alphas:
+                t = _solve_toward(a, b, w0, alpha * scale, self.fit_bias)
+                errors.append(float(np.einsum("ij,ik,kj->", t, av, t) - 2 * (t * bvv).sum() + yv))
+            best = alphas[int(np.argmin(errors))]
+        g, gy, _ = self.parts["all"]
+        a, b = g[np.ix_(idx, idx)], gy[idx]
+        t = _solve_toward(a, b, w0, best * max(np.trace(a[:d, :d]) / d, 1e-30), self.fit_bias)
+        weight = t[:d].T.reshape(len(w0), len(keep), self.k)
+        return weight, (t[d] if self.fit_bias else None), float(best)
