@@ -366,7 +366,8 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
                   config_list=None, saved_eval_scores_dict=None, scores_out=None, workers: int = 1,
                   trainer=None, multiplicity: int = 1, input_shape=None, use_cuda: bool = False, data=None,
                   num_reconstruction_samples: int = 2000, selection: str = "magnitude", reconstruct: bool = True,
-                  seed: int = 0, progress: Callable | None = None) -> tuple[onnx.ModelProto, CompressionStats]:
+                  seed: int = 0, progress: Callable | None = None,
+                  verify_finalists: bool = True) -> tuple[onnx.ModelProto, CompressionStats]:
     """Auto mode: choose per-layer ratios so the model's cost ratio meets `target`.
 
     Builds the eval-score dictionary (every selected layer alone at each of the
@@ -380,6 +381,8 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     `saved_eval_scores_dict` (a path) without evaluations when it matches the model.
     `trainer.train_model(model, layer_name, train_flag=True) -> ModelProto` is called after
     each layer of the final compression. `progress(done, total)` reports the dictionary.
+    `verify_finalists` (SVD schemes): score the selections of both objectives and of the
+    threshold method on the real combined model (a few more evaluations) and keep the best.
     """
     from .select import config as config_mod
     from .select import greedy, prune_units, scores_io
@@ -443,7 +446,8 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     current_total = layers.cost_of_model(analysis, metric)
     chosen, out, step_stats, more = _select_and_apply(
         units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit,
-        name, metric, multiplicity, dims, settings, trainer)
+        name, metric, multiplicity, dims, settings, trainer,
+        verify=(eval_callback, eval_iterations, use_cuda) if verify_finalists else None)
     layer_stats += step_stats
     skipped += more
     final = runtime.evaluate(out, eval_callback, eval_iterations, use_cuda)
@@ -456,7 +460,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
         "expected_score": chosen.expected_score, "evaluations": dictionary.evaluations,
         "dictionary_seconds": dictionary.seconds, "eval_seconds": dictionary.eval_seconds,
         "session_seconds": dictionary.session_seconds, "loaded_from": dictionary.loaded_from,
-        "fixed": dict(resolution.fixed),
+        "fixed": dict(resolution.fixed), "verified": list(dictionary.verified),
     }
     stats = CompressionStats(
         scheme=name, cost_metric=metric, mac_before=_total(first, "mac"), mac_after=_total(after, "mac"),
@@ -467,8 +471,52 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     return out, stats
 
 
+def _verified_choice(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit, verify):
+    """Score the finalist selections on the real combined model; keep the best.
+
+    Finalists: the selection `method` makes under both objectives ("product", "sum") and,
+    for the knapsack, AIMET's threshold selection. Each is scored once with every chosen
+    weight swapped in (exact for SVD: the units' weights do not overlap); ties keep the
+    first (the requested method under the default objective).
+    """
+    from .select import greedy
+
+    eval_callback, iterations, use_cuda = verify
+    finalists = []
+    for meth, objective in ((method, "product"), (method, "sum"), ("threshold", "product")):
+        if meth == "threshold" and method == "threshold" and objective == "product" and finalists:
+            continue
+        try:
+            sel = greedy.choose(units, dictionary, current_total, total, target_q, meth, use_monotonic_fit,
+                                objective=objective)
+        except ParameterError:
+            if not finalists and meth == method:
+                raise
+            continue
+        key = tuple(sorted((u, o.ratio) for u, o in sel.choices.items()))
+        if key not in {k for k, _ in finalists}:
+            finalists.append((key, sel))
+    if len(finalists) == 1:
+        return finalists[0][1]
+    by_unit = {u.name: u for u in units}
+    swapper = runtime.WeightSwapper(current, sorted({n for u in units for n in u.overrides(u.candidates[0])}),
+                                    use_cuda)
+    best, best_score = None, None
+    for _, sel in finalists:
+        overrides = {}
+        for u, opt in sel.choices.items():
+            if opt.ratio != 1.0:
+                cand = next(c for c in by_unit[u].candidates if c.key == opt.ratio)
+                overrides.update(by_unit[u].overrides(cand))
+        score = float(eval_callback(swapper.session(overrides), iterations, use_cuda))
+        dictionary.verified.append({"method": sel.method, "expected": sel.expected_score, "score": score})
+        if best_score is None or score > best_score:
+            best, best_score = sel, score
+    return best
+
+
 def _select_and_apply(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit,
-                      name, metric, multiplicity, dims, settings, trainer):
+                      name, metric, multiplicity, dims, settings, trainer, verify=None):
     """Choose and apply; for channel pruning, correct toward the target with measurements.
 
     SVD unit costs are exact. Channel-pruning unit costs are an upper bound (upstream
@@ -479,6 +527,12 @@ def _select_and_apply(units, dictionary, current, current_total, total, target_q
     from .select import greedy
 
     by_unit = {u.name: u for u in units}
+    if name != "channel_pruning" and verify is not None:
+        chosen = _verified_choice(units, dictionary, current, current_total, total, target_q, method,
+                                  use_monotonic_fit, verify)
+        ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in chosen.choices.items() if opt.ratio != 1.0}
+        out, step_stats, more = _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
+        return chosen, out, step_stats, more
     goal, best, tries = target_q, None, (4 if name == "channel_pruning" and trainer is None else 1)
     for _ in range(tries):
         chosen = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit)

@@ -52,7 +52,8 @@ def test_evaluation_count_and_target(scheme):
     full = [u for u, scores in sel["scores"].items() if len(scores) == 4]
     assert len(full) >= units - 1  # a layer too small for a candidate rank skips that candidate only
     assert sel["evaluations"] == sum(len(s) for s in sel["scores"].values()) + 1  # candidates + baseline
-    assert ev.calls == sel["evaluations"] + 1  # + the final model
+    assert len(sel["verified"]) <= 3  # finalists scored on the real combined model
+    assert ev.calls == sel["evaluations"] + len(sel["verified"]) + 1  # + the final model
     assert stats.mac_ratio <= 0.6
     assert stats.final_score == pytest.approx(stats.final_score)  # a real number
     x = nets.calib(model, 2, seed=1)
@@ -88,7 +89,8 @@ def test_saved_dictionary_reproduces_selection_without_evaluations(tmp_path):
     assert json.loads(path.read_text())["format"] == "onnx_compress.eval_scores/1"
     ev2 = Counting(model)
     out, again = oc.compress_auto(model, "weight_svd", 0.5, ev2, candidates=5, saved_eval_scores_dict=path)
-    assert again.selection["evaluations"] == 0 and ev2.calls == 1  # only the final model
+    assert again.selection["evaluations"] == 0  # no dictionary evaluations
+    assert ev2.calls == 1 + len(again.selection["verified"])  # the finalists and the final model
     assert again.selection["chosen"] == first.selection["chosen"]
     _, other = oc.compress_auto(model, "weight_svd", 0.7, ev2, candidates=5, saved_eval_scores_dict=path)
     assert other.mac_ratio <= 0.7 and other.selection["evaluations"] == 0
@@ -225,3 +227,14 @@ def test_prefix_cache_gives_the_same_scores(scheme):
     full = greedy.build_dictionary(proto, units, ev, None, False, prefix_cache=False)
     assert cached.baseline == full.baseline
     assert cached.scores == full.scores
+
+
+def test_verified_finalists_keep_the_best_real_score():
+    model = wide_cnn()
+    _, stats = oc.compress_auto(model, "spatial_svd", 0.5, Counting(model), candidates=5)
+    verified = stats.selection["verified"]
+    assert verified, "finalists were scored"
+    best = max(v["score"] for v in verified)
+    threshold = [v["score"] for v in verified if v["method"] == "threshold"]
+    assert stats.final_score == pytest.approx(best, abs=1e-6)  # the final model is the best finalist
+    assert all(stats.final_score >= t - 1e-6 for t in threshold)

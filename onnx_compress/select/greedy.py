@@ -68,6 +68,7 @@ class Dictionary:
     session_seconds: float = 0.0  # time creating the candidate sessions
     loaded_from: str | None = None
     meta: dict = field(default_factory=dict)
+    verified: list = field(default_factory=list)  # finalists scored on the real combined model
 
 
 def candidate_keys(n: int) -> list[float]:
