@@ -33,7 +33,7 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
              eval_callback: Callable | None = None, eval_iterations: int | None = None,
              use_cuda: bool = False, data=None, num_reconstruction_samples: int = 2000,
              allow_custom_downsample_ops: bool = False, selection: str = "magnitude",
-             reconstruct: bool = True, seed: int = 0) -> tuple[onnx.ModelProto, CompressionStats]:
+             reconstruct: bool = True, seed: int = 0, data_aware: bool = True) -> tuple[onnx.ModelProto, CompressionStats]:
     """Compress `model` with `scheme` at manually chosen per-layer ratios.
 
     model: path or ModelProto (not modified). scheme: "weight_svd", "spatial_svd",
@@ -50,6 +50,8 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     Channel pruning: data (calibration .npz path, dict of arrays, iterable of feed dicts
     or CalibrationDataReader), num_reconstruction_samples (per layer), selection
     ("magnitude", the default, or "greedy" least squares), reconstruct (least-squares refit), seed.
+    SVD schemes with `data`: data-aware factors (whitened by the second moment of each
+    layer's sampled inputs), unless `data_aware=False`; without data, plain SVD.
     Returns the compressed ModelProto and its statistics (achieved figures measured on it).
     """
     steps = [_scheme_name(s) for s in (scheme if isinstance(scheme, (list, tuple)) else [scheme])]
@@ -59,11 +61,12 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     metric = cost.check_metric(cost_metric)
     multiplicity = cost.check_multiplicity(multiplicity)
     settings = None
-    if "channel_pruning" in steps:
+    if "channel_pruning" in steps or data is not None:
         settings = pruning.PruneSettings(
             data=data, num_reconstruction_samples=int(num_reconstruction_samples),
             allow_custom_downsample_ops=allow_custom_downsample_ops, selection=selection,
-            reconstruct=bool(reconstruct), seed=int(seed), use_cuda=use_cuda)
+            reconstruct=bool(reconstruct), seed=int(seed), use_cuda=use_cuda, data_aware=bool(data_aware))
+    if "channel_pruning" in steps:
         if data is None:
             raise ParameterError("channel_pruning needs calibration data: pass data= (an .npz path, a dict "
                                  "of arrays, an iterable of feed dicts or a CalibrationDataReader)")
@@ -108,7 +111,13 @@ def _run_step(proto, name: str, ratios, metric: str, multiplicity: int, dims, se
         return out, lstats, skipped + more
     scheme_obj = SCHEMES[name]
     plans, skipped = manual.plan(analysis, scheme_obj, ratios, metric, multiplicity)
-    new_nodes = apply(analysis, scheme_obj, plans)
+    moments = None
+    if settings is not None and settings.data is not None and settings.data_aware and plans:
+        from .moments import input_moments
+
+        moments = input_moments(proto, [p.layer for p in plans], name, settings.data,
+                                settings.num_reconstruction_samples, settings.seed, settings.use_cuda)
+    new_nodes = apply(analysis, scheme_obj, plans, moments)
     out = ir.export(analysis.graph, proto)
     layer_stats = []
     for plan in plans:
@@ -367,7 +376,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
                   trainer=None, multiplicity: int = 1, input_shape=None, use_cuda: bool = False, data=None,
                   num_reconstruction_samples: int = 2000, selection: str = "magnitude", reconstruct: bool = True,
                   seed: int = 0, progress: Callable | None = None,
-                  verify_finalists: bool = True) -> tuple[onnx.ModelProto, CompressionStats]:
+                  verify_finalists: bool = True, data_aware: bool = True) -> tuple[onnx.ModelProto, CompressionStats]:
     """Auto mode: choose per-layer ratios so the model's cost ratio meets `target`.
 
     Builds the eval-score dictionary (every selected layer alone at each of the
@@ -400,12 +409,12 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     if not isinstance(workers, int) or workers < 1:
         raise ParameterError(f"workers must be an integer >= 1, got {workers!r}")
     settings = None
-    if name == "channel_pruning":
-        if data is None:
-            raise ParameterError("channel_pruning needs calibration data: pass data= (or --data)")
+    if name == "channel_pruning" and data is None:
+        raise ParameterError("channel_pruning needs calibration data: pass data= (or --data)")
+    if data is not None:
         settings = pruning.PruneSettings(data=data, num_reconstruction_samples=int(num_reconstruction_samples),
                                          selection=selection, reconstruct=bool(reconstruct), seed=int(seed),
-                                         use_cuda=use_cuda)
+                                         use_cuda=use_cuda, data_aware=bool(data_aware))
     keys = greedy.tar_levels(candidates) if rank_select == "tar" else greedy.candidate_keys(candidates)
     proto = ir.load(model)
     first = layers.analyze(proto, input_shape, _data_shapes(data) if data is not None else None)
@@ -427,11 +436,20 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
         units, left = prune_units.group_units(current, analysis, list(resolution.auto), keys, settings, metric,
                                               multiplicity)
     else:
+        moments = None
+        if settings is not None and settings.data_aware:
+            from .moments import input_moments
+
+            targets = [analysis.find(n) for n in resolution.auto]
+            moments = input_moments(current, targets, name, data, settings.num_reconstruction_samples,
+                                    settings.seed, use_cuda)
         units, left = greedy.svd_units(analysis, name, list(resolution.auto), keys, metric, multiplicity,
-                                       tar=rank_select == "tar")
+                                       tar=rank_select == "tar", moments=moments)
     skipped += [SkippedLayer(n, analysis.find(n).op, why) for n, why in left.items()]
     digest = scores_io.model_digest(current.SerializeToString())
     scheme_key = name if rank_select == "greedy" else f"{name}/tar"
+    if name != "channel_pruning" and settings is not None and settings.data_aware:
+        scheme_key += "/data-aware"
     if saved_eval_scores_dict is not None:
         table = scores_io.load(saved_eval_scores_dict)
         scores_io.check_matches(table, digest, scheme_key, metric, keys, [u.name for u in units])

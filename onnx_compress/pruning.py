@@ -51,6 +51,7 @@ class PruneSettings:
     seed: int = 0
     use_cuda: bool = False
     ridge: float = 1e-6
+    data_aware: bool = True  # SVD schemes: whiten by the inputs' second moment
 
 
 def check_layer(layer: layers.Layer) -> str | None:

@@ -87,7 +87,7 @@ def tar_levels(n: int) -> list[float]:
 
 # ------------------------------------------------------------------------------ SVD units
 def svd_units(analysis: Analysis, scheme: str, names: list[str], keys: list[float], metric: str,
-              multiplicity: int, tar: bool = False) -> tuple[list[Unit], dict[str, str]]:
+              multiplicity: int, tar: bool = False, moments: dict | None = None) -> tuple[list[Unit], dict[str, str]]:
     """Units for weight/spatial SVD; returns the units and layers left out with reasons."""
     rs = SCHEMES[scheme]
     units, skipped = [], {}
@@ -115,7 +115,7 @@ def svd_units(analysis: Analysis, scheme: str, names: list[str], keys: list[floa
         if not cands:
             skipped[name] = "no candidate rank fits (layer too small for these ratios)"
             continue
-        units.append(Unit(name, cands, _svd_overrides(layer, scheme), rc.before))
+        units.append(Unit(name, cands, _svd_overrides(layer, scheme, (moments or {}).get(name)), rc.before))
     return units, skipped
 
 
@@ -125,11 +125,11 @@ def _tar_rank(errors: np.ndarray, level: float, rc: RankCost) -> int:
     return rank if 1 <= rank <= rc.max_rank else 0
 
 
-def _svd_overrides(layer: Layer, scheme: str):
+def _svd_overrides(layer: Layer, scheme: str, cov: np.ndarray | None = None):
     name = layer.node.inputs[1].name
 
     def overrides(c: Candidate) -> dict[str, np.ndarray]:
-        return {name: svd.low_rank_weight(layer, scheme, c.size)}
+        return {name: svd.low_rank_weight(layer, scheme, c.size, cov)}
 
     return overrides
 

@@ -40,13 +40,17 @@ class RankPlan:
     note: str = ""
 
 
-def apply(analysis: Analysis, scheme: RankScheme, plans: list[RankPlan]) -> dict[str, list[str]]:
-    """Rewrite every planned layer in `analysis.graph`; return layer name -> new node names."""
+def apply(analysis: Analysis, scheme: RankScheme, plans: list[RankPlan],
+          moments: dict | None = None) -> dict[str, list[str]]:
+    """Rewrite every planned layer in `analysis.graph`; return layer name -> new node names.
+
+    `moments`: layer name -> second moment of its inputs, for data-aware factors.
+    """
     opset = ir.opset(analysis.proto)
     taken = ir.all_names(analysis.graph)
     new_nodes = {}
     for plan in plans:
         layer = plan.layer
-        specs = scheme.specs(layer, plan.rank, opset)
+        specs = scheme.specs(layer, plan.rank, opset, (moments or {}).get(layer.name))
         new_nodes[layer.name] = ir.replace_with_chain(layer.graph, layer.node, specs, layer.name, taken)
     return new_nodes

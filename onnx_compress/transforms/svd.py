@@ -35,6 +35,26 @@ def truncated_svd(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray
     return u[:, :rank] * root, root[:, None] * vt[:rank]
 
 
+def whitened_svd(matrix: np.ndarray, cov: np.ndarray | None, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """Data-aware rank-`rank` factors of `matrix` (K, N) used as y = x @ matrix.
+
+    With the inputs' second moment cov = E[x x^T] (K, K) = L L^T (Cholesky, small ridge),
+    minimises E||x (W - A B)||^2 = ||L^T (W - A B)||_F^2: truncated SVD of L^T W, then
+    A = L^-T U sqrt(S) (K, rank), B = sqrt(S) V^T (rank, N) (SVD-LLM / activation-aware
+    SVD). cov None: plain truncated SVD.
+    """
+    if cov is None:
+        return truncated_svd(matrix, rank)
+    w = np.asarray(matrix, dtype=np.float64)
+    c = np.asarray(cov, dtype=np.float64)
+    ridge = 1e-6 * max(np.trace(c) / len(c), 1e-12)
+    chol = np.linalg.cholesky(c + ridge * np.eye(len(c)))
+    u, s, vt = np.linalg.svd(chol.T @ w, full_matrices=False)
+    root = np.sqrt(s[:rank])
+    a = np.linalg.solve(chol.T, u[:, :rank] * root)
+    return a, root[:, None] * vt[:rank]
+
+
 def singular_values(matrix: np.ndarray) -> np.ndarray:
     return np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False)
 
@@ -139,14 +159,18 @@ def _bias_inputs(layer: Layer) -> tuple[int, ...]:
     return (2,) if has_bias else ()
 
 
-def weight_svd_specs(layer: Layer, rank: int, opset: int) -> list[NodeSpec]:
-    """The two nodes that replace `layer` under weight SVD at `rank`."""
+def weight_svd_specs(layer: Layer, rank: int, opset: int, cov: np.ndarray | None = None) -> list[NodeSpec]:
+    """The two nodes that replace `layer` under weight SVD at `rank`.
+
+    `cov`: second moment of the layer's inputs (see `input_moment`) for data-aware SVD.
+    """
     w = layer.weight
     if layer.op == "Conv":
         n_out, n_in = w.shape[:2]
         kernel = w.shape[2:]
         matrix = np.moveaxis(w, 1, -1).reshape(-1, n_in)  # [(o, *k), i]
-        b, a = truncated_svd(matrix, rank)  # b: (n_out*K, r), a: (r, n_in)
+        at, bt = whitened_svd(matrix.T, cov, rank)  # x-form: (n_in, r), (r, n_out*K)
+        b, a = bt.T, at.T  # b: (n_out*K, r), a: (r, n_in)
         first = a.reshape(rank, n_in, *([1] * len(kernel))).astype(w.dtype)
         second = np.moveaxis(b.reshape(n_out, *kernel, rank), -1, 1).astype(w.dtype)
         attrs2 = {k: v for k, v in layer.attrs.items() if k not in ("group", "kernel_shape")}
@@ -157,7 +181,7 @@ def weight_svd_specs(layer: Layer, rank: int, opset: int) -> list[NodeSpec]:
         ]
     k, n = layer.matrix_shape()
     matrix = w.T if (layer.op == "Gemm" and int(layer.attrs.get("transB", 0))) else w
-    a, b = truncated_svd(matrix, rank)
+    a, b = whitened_svd(matrix, cov, rank)
     a, b = a.astype(w.dtype), b.astype(w.dtype)
     if layer.op == "MatMul":
         return [NodeSpec("MatMul", (a,)), NodeSpec("MatMul", (b,))]
@@ -193,12 +217,12 @@ def explicit_pads(layer: Layer) -> list[int]:
     return begin + end
 
 
-def spatial_svd_specs(layer: Layer, rank: int, opset: int) -> list[NodeSpec]:
-    """The two nodes that replace a 2-D conv under spatial SVD at `rank`."""
+def spatial_svd_specs(layer: Layer, rank: int, opset: int, cov: np.ndarray | None = None) -> list[NodeSpec]:
+    """The two nodes that replace a 2-D conv under spatial SVD at `rank` (`cov`: data-aware)."""
     w = layer.weight
     n_out, n_in, kh, kw = w.shape
     matrix = w.transpose(1, 2, 0, 3).reshape(n_in * kh, n_out * kw)  # [(i, y), (o, x)]
-    a, b = truncated_svd(matrix, rank)  # a: (n_in*kh, r), b: (r, n_out*kw)
+    a, b = whitened_svd(matrix, cov, rank)  # a: (n_in*kh, r), b: (r, n_out*kw)
     first = a.reshape(n_in, kh, rank).transpose(2, 0, 1)[..., None].astype(w.dtype)
     second = b.reshape(rank, n_out, kw).transpose(1, 0, 2)[:, :, None, :].astype(w.dtype)
     sh, sw = layer.attrs.get("strides", [1, 1])
@@ -212,7 +236,7 @@ def spatial_svd_specs(layer: Layer, rank: int, opset: int) -> list[NodeSpec]:
 
 
 # ------------------------------------------------------------------ same-shaped weights
-def low_rank_weight(layer: Layer, scheme: str, rank: int) -> np.ndarray:
+def low_rank_weight(layer: Layer, scheme: str, rank: int, cov: np.ndarray | None = None) -> np.ndarray:
     """The layer's weight as the split computes it at `rank`, in the stored shape and dtype.
 
     A model with this weight swapped in computes what the split model computes (up to
@@ -221,14 +245,14 @@ def low_rank_weight(layer: Layer, scheme: str, rank: int) -> np.ndarray:
     w = layer.weight
     if layer.op == "Conv" and scheme == "weight_svd":
         n_in = w.shape[1]
-        b, a = truncated_svd(np.moveaxis(w, 1, -1).reshape(-1, n_in), rank)
-        return np.moveaxis((b @ a).reshape(w.shape[0], *w.shape[2:], n_in), -1, 1).astype(w.dtype)
+        at, bt = whitened_svd(np.moveaxis(w, 1, -1).reshape(-1, n_in).T, cov, rank)
+        return np.moveaxis((at @ bt).T.reshape(w.shape[0], *w.shape[2:], n_in), -1, 1).astype(w.dtype)
     if layer.op == "Conv":  # spatial SVD
         n_out, n_in, kh, kw = w.shape
-        a, b = truncated_svd(w.transpose(1, 2, 0, 3).reshape(n_in * kh, n_out * kw), rank)
+        a, b = whitened_svd(w.transpose(1, 2, 0, 3).reshape(n_in * kh, n_out * kw), cov, rank)
         return (a @ b).reshape(n_in, kh, n_out, kw).transpose(2, 0, 1, 3).astype(w.dtype)
     trans = layer.op == "Gemm" and int(layer.attrs.get("transB", 0))
-    a, b = truncated_svd(w.T if trans else w, rank)
+    a, b = whitened_svd(w.T if trans else w, cov, rank)
     approx = a @ b
     return (approx.T if trans else approx).astype(w.dtype)
 
@@ -246,3 +270,22 @@ def relative_errors(layer: Layer, scheme: str) -> np.ndarray:
     s2 = singular_values(matrix) ** 2
     tail = np.concatenate([np.cumsum(s2[::-1])[::-1], [0.0]])
     return np.sqrt(tail / max(s2.sum(), 1e-300))
+
+
+def moment_kernel(layer: Layer, scheme: str) -> tuple | None:
+    """How to sample the inputs whose second moment data-aware SVD needs.
+
+    Returns (kernel, strides, pads, dilations) for `reconstruct.conv_patches` on the
+    layer's input: one input-channel vector per position for weight SVD of a conv, the
+    vertical (kh x 1) patches of spatial SVD; None for Gemm/MatMul (input rows).
+    """
+    if layer.op != "Conv":
+        return None
+    nd = layer.weight.ndim - 2
+    if scheme == "weight_svd":
+        return [1] * nd, [1] * nd, [0] * (2 * nd), [1] * nd
+    kh = layer.kernel[0]
+    sh = layer.attrs.get("strides", [1, 1])[0]
+    dh = layer.attrs.get("dilations", [1, 1])[0]
+    top, _, bottom, _ = explicit_pads(layer)
+    return [kh, 1], [sh, 1], [top, 0, bottom, 0], [dh, 1]

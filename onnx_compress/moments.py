@@ -1,0 +1,51 @@
+"""Second moments of layer inputs on calibration data, for data-aware SVD.
+
+For each layer, E[x x^T] over sampled input vectors: the input-channel vector at a
+position (weight SVD of a conv), the vertical kh x 1 patch (spatial SVD), or the input
+row (Gemm/MatMul). Activations come from ONNX Runtime with the layers' inputs exposed.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import onnx
+
+from . import layers as layers_mod
+from . import pruning
+from .transforms import reconstruct, svd
+
+
+def input_moments(proto: onnx.ModelProto, targets: list[layers_mod.Layer], scheme: str, data,
+                  samples: int = 2000, seed: int = 0, use_cuda: bool = False) -> dict[str, np.ndarray]:
+    """Layer name -> (D, D) second moment of the inputs its split factors act on."""
+    settings = pruning.PruneSettings(data=data, num_reconstruction_samples=samples, seed=seed, use_cuda=use_cuda)
+    sampler = pruning.Sampler(proto, pruning.load_batches(settings, proto), settings)
+    out = {}
+    for layer in targets:
+        if layer.in_subgraph:
+            continue
+        rng = np.random.default_rng([seed, zlib.crc32(layer.name.encode())])  # same samples in any layer set
+        xs = sampler.original_tensor(layer.node.inputs[0].name)
+        spec = svd.moment_kernel(layer, scheme)
+        dim = layer.matrix_shape()[0] if spec is None else layer.weight.shape[1] * math.prod(spec[0])
+        total = max(samples, 8 * dim)
+        counts = pruning._positions_per_batch(total, len(xs))
+        acc, n = np.zeros((dim, dim)), 0
+        for x, count in zip(xs, counts):
+            if count == 0:
+                continue
+            if spec is None:
+                rows = x.reshape(-1, x.shape[-1])
+                p = rows[rng.integers(0, len(rows), count)].astype(np.float64)
+            else:
+                kernel, strides, pads, dilations = spec
+                spatial = reconstruct.conv_out_spatial(x.shape[2:], kernel, strides, pads, dilations)
+                pos = reconstruct.sample_positions(rng, (x.shape[0], 1, *spatial), count)
+                p = reconstruct.conv_patches(x, pos, kernel, strides, pads, dilations)
+                p = p.reshape(len(p), -1).astype(np.float64)
+            acc += p.T @ p
+            n += len(p)
+        out[layer.name] = acc / max(n, 1)
+    return out
