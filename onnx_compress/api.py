@@ -489,6 +489,39 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     return out, stats
 
 
+def _exact_goal(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit, metric, dims):
+    """The largest budget whose selection's *exact* model cost meets the target.
+
+    Channel-pruning unit costs leave out upstream savings, so the selection under the
+    target itself undershoots; bisection on the budget with the exact (bilinear) cost of
+    each selection finds the selection that uses the target fully.
+    """
+    from .select import greedy, prune_units
+
+    costs = prune_units.layer_costs(layers.analyze(current, dims), metric)
+
+    def fits(goal) -> bool:
+        try:
+            sel = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit)
+        except ParameterError:
+            return False
+        choices = {u: o.ratio for u, o in sel.choices.items()}
+        return Fraction(prune_units.exact_cost(units, choices, costs), total) <= target_q
+
+    if not fits(target_q):
+        return None
+    lo, hi = Fraction(target_q), Fraction(1)
+    if fits(hi):
+        return hi
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 def _verified_choice(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit, verify):
     """Score the finalist selections on the real combined model; keep the best.
 
@@ -551,6 +584,15 @@ def _select_and_apply(units, dictionary, current, current_total, total, target_q
         ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in chosen.choices.items() if opt.ratio != 1.0}
         out, step_stats, more = _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
         return chosen, out, step_stats, more
+    if name == "channel_pruning" and units and all(u.effects is not None for u in units):
+        goal = _exact_goal(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit,
+                           metric, dims)
+        if goal is not None:
+            chosen = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit)
+            ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in chosen.choices.items() if opt.ratio != 1.0}
+            out, step_stats, more = _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
+            if Fraction(layers.cost_of_model(layers.analyze(out, dims), metric), total) <= target_q:
+                return chosen, out, step_stats, more
     goal, best, tries = target_q, None, (4 if name == "channel_pruning" and trainer is None else 1)
     for _ in range(tries):
         chosen = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit)

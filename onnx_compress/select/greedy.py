@@ -54,6 +54,7 @@ class Unit:
     candidates: list[Candidate]
     overrides: Callable[[Candidate], dict[str, np.ndarray]]
     base_cost: int  # cost of the uncompressed option
+    effects: dict | None = None  # channel pruning: candidate key -> {(layer, side): kept fraction}
 
 
 @dataclass

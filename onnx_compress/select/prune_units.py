@@ -106,11 +106,12 @@ def _unit(root, group, members, analysis, sampler, rng, keys, settings, metric, 
     for key, keep, removed, cost in choices:
         cands.append(Candidate(key, keep, cost, Fraction(keep, size)))
         removed_by_key[key] = removed
+    effects = {key: _effects(group, removed, costs) for key, _, removed, _ in choices}
 
     def overrides(c: Candidate) -> dict[str, np.ndarray]:
         return _overrides(group, members, samples, grams, removed_by_key[c.key], settings)
 
-    return Unit(root.name, cands, overrides, base)
+    return Unit(root.name, cands, overrides, base, effects)
 
 
 def _layer_costs(analysis: layers.Analysis, metric: str) -> dict[str, int]:
@@ -139,6 +140,40 @@ def _unit_cost(group, removed: np.ndarray, costs: dict[str, int]) -> int:
 
 def _owned_cost(group, costs: dict[str, int]) -> int:
     return _unit_cost(group, np.zeros(0, dtype=np.int64), costs)
+
+
+def _effects(group, removed: np.ndarray, costs: dict[str, int]) -> dict[tuple[str, str], Fraction]:
+    """(layer, side) -> fraction of that side's channels kept, for the layers this group touches."""
+    out = {}
+    for action in group.actions:
+        if action.kind not in ("in", "out", "depthwise"):
+            continue
+        name = ir.node_name(action.node)
+        if name not in costs:
+            continue
+        pos = group.positions[action.tensor]
+        width = _width(action)
+        side = "out" if action.kind == "out" else "in"
+        out[(name, side)] = Fraction(width - len(pos.removed(removed)), width)
+    return out
+
+
+def exact_cost(units, choices: dict[str, float], costs: dict[str, int]) -> int:
+    """The model's cost when each unit takes its chosen candidate: every layer's cost times
+    the kept fraction of its input channels and of its output channels (depthwise convs:
+    their channels once)."""
+    factor: dict[str, Fraction] = {name: Fraction(1) for name in costs}
+    for unit in units:
+        key = choices.get(unit.name, 1.0)
+        if key == 1.0:
+            continue
+        for (name, _side), kept in unit.effects[key].items():
+            factor[name] *= kept
+    return int(sum(costs[n] * f for n, f in factor.items()))
+
+
+def layer_costs(analysis: layers.Analysis, metric: str) -> dict[str, int]:
+    return _layer_costs(analysis, metric)
 
 
 def _width(action) -> int:
