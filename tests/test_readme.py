@@ -61,3 +61,11 @@ def test_test_command_is_what_ci_runs():
     install, run = test_cmd.split(" && ")
     assert "-e \".[test]\"" in install and "-e \".[test]\"" in ci
     assert run in ci
+
+
+def test_auto_mode_example_runs_and_reuses_scores(workdir):
+    block = next(b for b in blocks("bash") if "--scores-out out/scores.json" in b)
+    r = _bash(block.strip(), workdir)
+    assert r.returncode == 0, r.stderr
+    assert (workdir / "out" / "scores.json").is_file()
+    assert "0 evaluations" in r.stdout  # the second command reused the saved dictionary
