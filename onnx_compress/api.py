@@ -6,6 +6,7 @@ The input model (path or ModelProto) is never modified.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -75,9 +76,12 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     dims = first.input_dims
     baseline = runtime.evaluate(proto, eval_callback, eval_iterations, use_cuda) if eval_callback else None
     current, layer_stats, skipped = proto, [], []
-    for name, step in zip(steps, step_ratios):
+    for index, (name, step) in enumerate(zip(steps, step_ratios)):
         log.info("%s: compressing", name)
-        current, lstats, lskipped = _run_step(current, name, step, metric, multiplicity, dims, settings)
+        step_settings = settings
+        if name == "channel_pruning" and index > 0:  # refit toward the uncompressed model's outputs
+            step_settings = dataclasses.replace(settings, reference=proto)
+        current, lstats, lskipped = _run_step(current, name, step, metric, multiplicity, dims, step_settings)
         layer_stats += lstats
         skipped += lskipped
     after = layers.analyze(current, dims)
@@ -376,7 +380,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
                   trainer=None, multiplicity: int = 1, input_shape=None, use_cuda: bool = False, data=None,
                   num_reconstruction_samples: int = 2000, selection: str = "magnitude", reconstruct: bool = True,
                   seed: int = 0, progress: Callable | None = None,
-                  verify_finalists: bool = True, data_aware: bool = True) -> tuple[onnx.ModelProto, CompressionStats]:
+                  verify_finalists: bool = True, data_aware: bool = True, reference_model=None) -> tuple[onnx.ModelProto, CompressionStats]:
     """Auto mode: choose per-layer ratios so the model's cost ratio meets `target`.
 
     Builds the eval-score dictionary (every selected layer alone at each of the
@@ -390,6 +394,9 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     `saved_eval_scores_dict` (a path) without evaluations when it matches the model.
     `trainer.train_model(model, layer_name, train_flag=True) -> ModelProto` is called after
     each layer of the final compression. `progress(done, total)` reports the dictionary.
+    `reference_model` (channel pruning after another step): the uncompressed model whose
+    layer outputs the pruned layers are refit toward, where it has them (so the refit also
+    corrects the earlier step's error).
     `verify_finalists` (SVD schemes): score the selections of both objectives and of the
     threshold method on the real combined model (a few more evaluations) and keep the best.
     """
@@ -414,7 +421,8 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     if data is not None:
         settings = pruning.PruneSettings(data=data, num_reconstruction_samples=int(num_reconstruction_samples),
                                          selection=selection, reconstruct=bool(reconstruct), seed=int(seed),
-                                         use_cuda=use_cuda, data_aware=bool(data_aware))
+                                         use_cuda=use_cuda, data_aware=bool(data_aware),
+                                         reference=ir.load(reference_model) if reference_model is not None else None)
     keys = greedy.tar_levels(candidates) if rank_select == "tar" else greedy.candidate_keys(candidates)
     proto = ir.load(model)
     first = layers.analyze(proto, input_shape, _data_shapes(data) if data is not None else None)

@@ -50,6 +50,7 @@ class PruneSettings:
     reconstruct: bool = True
     seed: int = 0
     use_cuda: bool = False
+    reference: object = None  # ModelProto whose layer outputs are the refit targets (default: the input)
     ridge: float = 1e-6
     data_aware: bool = True  # SVD schemes: whiten by the inputs' second moment
 
@@ -96,6 +97,18 @@ class Sampler:
         self.feeds = feeds
         self.settings = settings
         self._orig_cache: dict[str, list[np.ndarray]] = {}
+        self.reference = settings.reference
+        self._ref_names = _tensor_names(settings.reference) if settings.reference is not None else set()
+        self._ref_cache: dict[str, list[np.ndarray]] = {}
+
+    def target_tensor(self, name: str) -> list[np.ndarray]:
+        """A layer output to refit toward: from the reference model when it has the tensor
+        (e.g. the uncompressed model before an SVD step), else from the input model."""
+        if name in self._ref_names:
+            if name not in self._ref_cache:
+                self._ref_cache[name] = self._run(self.reference, name)
+            return self._ref_cache[name]
+        return self.original_tensor(name)
 
     def original_tensor(self, name: str) -> list[np.ndarray]:
         if name not in self._orig_cache:
@@ -112,6 +125,10 @@ class Sampler:
         names = [o.name for o in sess.get_outputs()]
         k = names.index(name)
         return [sess.run([names[k]], feed)[0] for feed in self.feeds]
+
+
+def _tensor_names(model: onnx.ModelProto) -> set[str]:
+    return {o for n in model.graph.node for o in n.output}
 
 
 def _positions_per_batch(total: int, batches: int) -> list[int]:
@@ -152,7 +169,7 @@ def sample_layer(sampler: Sampler, model: onnx.ModelProto, layer: layers.Layer, 
     """Patches (n, C, K) of `layer`'s input in `model`, and the original layer's outputs
     (n, n_out) at the same positions (restricted to `out_keep` channels), or None."""
     xs = sampler.current_tensor(model, layer.node.inputs[0].name)
-    ys = sampler.original_tensor(orig_layer_out) if with_targets else None
+    ys = sampler.target_tensor(orig_layer_out) if with_targets else None
     counts = _positions_per_batch(n_total, len(xs))
     patches, targets = [], []
     for i, (x, n) in enumerate(zip(xs, counts)):

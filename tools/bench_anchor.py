@@ -85,7 +85,7 @@ def one_run(model: str, scheme: str, target: float, **options) -> dict:
         m1, s1 = oc.compress_auto(path, "spatial_svd", 0.7, evaluate, **extra)
         ignore = [l.name for l in oc.inspect(m1).compressible if l.name.startswith(first)]
         model_out, s2 = oc.compress_auto(m1, "channel_pruning", target / s1.mac_ratio, evaluate,
-                                         **dict(extra, modules_to_ignore=ignore))
+                                         reference_model=path, **dict(extra, modules_to_ignore=ignore))
         ratio, acc = s1.mac_ratio * s2.mac_ratio, s2.final_score
         evals = s1.selection["evaluations"] + s2.selection["evaluations"]
         dict_s = s1.selection["dictionary_seconds"] + s2.selection["dictionary_seconds"]
