@@ -200,3 +200,17 @@ def test_custom_downsample_is_exact_for_zeroed_channels():
                          reconstruct=False, allow_custom_downsample_ops=True)
     x = nets.calib(model, 4, seed=1)
     np.testing.assert_allclose(b.run(out, x)[0], b.run(model, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_refit_targets_come_from_the_reference_model_when_it_has_the_tensor():
+    from onnx_compress import pruning
+
+    original = b.cnn_model(seed=0)
+    changed = b.cnn_model(seed=1)  # same graph, other weights
+    data = {"x": np.random.default_rng(0).normal(size=(4, 1, 12, 12)).astype(np.float32)}
+    settings = pruning.PruneSettings(data=data, reference=original)
+    sampler = pruning.Sampler(changed, pruning.load_batches(settings, changed), settings)
+    tensor = next(n.output[0] for n in original.graph.node if n.name == "conv2")
+    want = layer_output(original, tensor, data)
+    np.testing.assert_array_equal(sampler.target_tensor(tensor)[0], want)
+    assert not np.allclose(sampler.original_tensor(tensor)[0], want)  # inputs still come from `changed`
