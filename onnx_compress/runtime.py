@@ -182,7 +182,23 @@ def suffix_model(model: onnx.ModelProto, start_nodes: set[str]) -> tuple[onnx.Mo
     return sub, boundary
 
 
-class _Recorder:
+class _FullModelView:
+    """Presents the full model's inputs and outputs; everything else from `_session`."""
+
+    _cache: PrefixCache
+    _session: ort.InferenceSession
+
+    def get_inputs(self):
+        return self._cache.inputs
+
+    def get_outputs(self):
+        return self._cache.outputs
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+class _Recorder(_FullModelView):
     """Runs the full model and stores the boundary tensors of every unit per feed."""
 
     def __init__(self, cache: PrefixCache, session: ort.InferenceSession):
@@ -197,17 +213,8 @@ class _Recorder:
         keys = names if output_names is None else list(output_names)
         return [by_name[k] for k in keys]
 
-    def get_inputs(self):
-        return self._cache.inputs
 
-    def get_outputs(self):
-        return self._cache.outputs
-
-    def __getattr__(self, name):
-        return getattr(self._session, name)
-
-
-class _SuffixSession:
+class _SuffixSession(_FullModelView):
     """Looks like a session of the candidate model; runs only the suffix on cached inputs."""
 
     def __init__(self, cache: PrefixCache, unit: str, session: ort.InferenceSession, fallback):
@@ -222,15 +229,6 @@ class _SuffixSession:
             return self._full.run(output_names, input_feed, run_options)
         keys = [o.name for o in self._cache.outputs] if output_names is None else list(output_names)
         return self._session.run(keys, boundary, run_options)
-
-    def get_inputs(self):
-        return self._cache.inputs
-
-    def get_outputs(self):
-        return self._cache.outputs
-
-    def __getattr__(self, name):
-        return getattr(self._session, name)
 
 
 class PrefixCache:

@@ -31,6 +31,9 @@ import onnx_compress as oc
 from onnx_compress import runtime
 from onnx_compress.evaluators import accuracy
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 ANCHOR = ROOT.parent / "shared" / "anchors"
 BEGIN, END = "<!-- bench_anchor:begin -->", "<!-- bench_anchor:end -->"
@@ -173,13 +176,7 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def write(section: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text()
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+    write_section(section, BEGIN, END)
 
 
 def main() -> None:

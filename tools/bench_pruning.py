@@ -19,6 +19,9 @@ from pathlib import Path
 import onnx_compress as oc
 from onnx_compress.evaluators import accuracy
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["vgg_small", "resnet_small", "mobilenet_small"]
 BEGIN, END = "<!-- bench_pruning:begin -->", "<!-- bench_pruning:end -->"
@@ -67,14 +70,7 @@ def table(rows: list[dict], ratio: float, samples: int) -> str:
 
 
 def write(section: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures measured on the 2-core CI-class machine.\n"
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(text)
+    write_section(section, BEGIN, END)
 
 
 def main() -> None:
