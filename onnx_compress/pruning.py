@@ -51,7 +51,6 @@ class PruneSettings:
     seed: int = 0
     use_cuda: bool = False
     reference: object = None  # ModelProto whose layer outputs are the refit targets (default: the input)
-    ridge: float = 1e-6
     data_aware: bool = True  # SVD schemes: whiten by the inputs' second moment
 
 
@@ -355,9 +354,7 @@ def _refit(state: _State, sampler: Sampler, name: str, settings: PruneSettings, 
                                     True, node.outputs[0].name, state.out_keep.get(name))
     # Targets come from the original model, whose output tensor has the same name.
     w0 = _layer_weight(layer).astype(np.float64)
-    has_bias = len(node.inputs) > 2 and node.inputs[2].name and ir.constant_value(node.inputs[2]) is not None
-    b0 = ir.constant_value(node.inputs[2]).reshape(-1) if has_bias else None
-    w, bias_fit, _alpha = reconstruct.reconstruct_toward(patches, targets, w0, b0, fit_bias, seed=settings.seed)
+    w, bias_fit, _alpha = reconstruct.reconstruct_toward(patches, targets, w0, fit_bias, seed=settings.seed)
     dtype = layer.weight.dtype
     underdetermined = len(patches) < w0[0].size + int(fit_bias)
     taken = ir.all_names(analysis.graph)

@@ -498,15 +498,8 @@ def _solve_toward(xtx: np.ndarray, xty: np.ndarray, w0: np.ndarray, lam: float, 
         return scipy.linalg.lstsq(a, b, check_finite=False)[0]
 
 
-def _normal(x: np.ndarray, y: np.ndarray, fit_bias: bool) -> tuple[np.ndarray, np.ndarray]:
-    if fit_bias:
-        x = np.concatenate([x, np.ones((len(x), 1))], axis=1)
-    return x.T @ x, x.T @ y
-
-
-def reconstruct_toward(patches: np.ndarray, targets: np.ndarray, weight0: np.ndarray,
-                       bias0: np.ndarray | None, fit_bias: bool, holdout: float = 0.2,
-                       alphas=ALPHAS, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None, float]:
+def reconstruct_toward(patches: np.ndarray, targets: np.ndarray, weight0: np.ndarray, fit_bias: bool,
+                       holdout: float = 0.2, alphas=ALPHAS, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None, float]:
     """Refit a pruned layer, regularised toward its current weights on the kept channels.
 
     Minimises ||patches . W + b - targets||^2 + lam ||W - weight0||^2 (the bias is not
@@ -515,41 +508,15 @@ def reconstruct_toward(patches: np.ndarray, targets: np.ndarray, weight0: np.nda
     samples (fewer than unknowns) this stays near the trained weights instead of
     overfitting; with many, the data wins (alpha -> 0).
 
-    patches (n, C, K), targets (n, n_out), weight0 (n_out, C, K), bias0 (n_out,) or None.
+    patches (n, C, K), targets (n, n_out), weight0 (n_out, C, K).
     Returns weight (n_out, C, K), bias (n_out,) or None, and the chosen alpha.
     """
-    n, c, k = patches.shape
-    x = patches.reshape(n, c * k).astype(np.float64)
-    y = targets.astype(np.float64)
-    w0 = weight0.reshape(len(weight0), c * k).astype(np.float64)
-    if fit_bias and bias0 is not None:
-        y_center = y  # bias is refit freely
-    else:
-        y_center = y
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n)
-    n_val = int(round(n * holdout)) if n >= 10 else 0
-    best_alpha = alphas[min(3, len(alphas) - 1)]
-    if n_val > 0:
-        val, fit = order[:n_val], order[n_val:]
-        xtx, xty = _normal(x[fit], y_center[fit], fit_bias)
-        scale = max(np.trace(xtx[: c * k, : c * k]) / (c * k), 1e-30)
-        xv = np.concatenate([x[val], np.ones((n_val, 1))], axis=1) if fit_bias else x[val]
-        errors = []
-        for alpha in alphas:
-            t = _solve_toward(xtx, xty, w0, alpha * scale, fit_bias)
-            errors.append(float(((xv @ t - y_center[val]) ** 2).sum()))
-        best_alpha = alphas[int(np.argmin(errors))]
-    xtx, xty = _normal(x, y_center, fit_bias)
-    scale = max(np.trace(xtx[: c * k, : c * k]) / (c * k), 1e-30)
-    t = _solve_toward(xtx, xty, w0, best_alpha * scale, fit_bias)
-    weight = t[: c * k].T.reshape(len(w0), c, k)
-    bias = t[c * k] if fit_bias else None
-    return weight, bias, float(best_alpha)
+    gram = GramFit(patches, targets, fit_bias, holdout=holdout, seed=seed)
+    return gram.fit(np.arange(patches.shape[1]), weight0, alphas)
 
 
 class GramFit:
-    """`reconstruct_toward` for many channel subsets of one layer, from Gram matrices.
+    """Regularised refits (see `reconstruct_toward`) for many channel subsets of one layer.
 
     The layer's patches (n, C, K) and targets (n, n_out) are reduced once to X^T X, X^T Y
     and Y^T Y on a fit split, a held-out split and all samples; each `fit(keep, w0)` then
