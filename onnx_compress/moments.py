@@ -31,7 +31,7 @@ def input_moments(proto: onnx.ModelProto, targets: list[layers_mod.Layer], schem
         spec = svd.moment_kernel(layer, scheme)
         dim = layer.matrix_shape()[0] if spec is None else layer.weight.shape[1] * math.prod(spec[0])
         total = max(samples, 8 * dim)
-        counts = pruning._positions_per_batch(total, len(xs))
+        counts = pruning.positions_per_batch(total, len(xs))
         acc, n = np.zeros((dim, dim)), 0
         for x, count in zip(xs, counts):
             if count == 0:

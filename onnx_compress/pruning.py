@@ -130,7 +130,7 @@ def _tensor_names(model: onnx.ModelProto) -> set[str]:
     return {o for n in model.graph.node for o in n.output}
 
 
-def _positions_per_batch(total: int, batches: int) -> list[int]:
+def positions_per_batch(total: int, batches: int) -> list[int]:
     base, extra = divmod(total, batches)
     return [base + (1 if i < extra else 0) for i in range(batches)]
 
@@ -145,7 +145,7 @@ def _layer_patches(layer: layers.Layer, x: np.ndarray, positions: np.ndarray) ->
     return reconstruct.matmul_rows(x, positions)
 
 
-def _layer_weight(layer: layers.Layer) -> np.ndarray:
+def layer_weight(layer: layers.Layer) -> np.ndarray:
     """Weight as (n_out, C, K) with output = patches . weight (see reconstruct)."""
     w = layer.weight
     if layer.op == "Conv":
@@ -155,7 +155,7 @@ def _layer_weight(layer: layers.Layer) -> np.ndarray:
     return mat.T[:, :, None]
 
 
-def _root_view(arr: np.ndarray, index: np.ndarray) -> np.ndarray:
+def root_view(arr: np.ndarray, index: np.ndarray) -> np.ndarray:
     """Gather (a, C_in, K) on axis 1 by root index (C_root, k) -> (a, C_root, k*K), zeros at -1."""
     safe = np.where(index >= 0, index, 0)
     out = arr[:, safe.reshape(-1), :].reshape(arr.shape[0], index.shape[0], index.shape[1], arr.shape[2])
@@ -169,7 +169,7 @@ def sample_layer(sampler: Sampler, model: onnx.ModelProto, layer: layers.Layer, 
     (n, n_out) at the same positions (restricted to `out_keep` channels), or None."""
     xs = sampler.current_tensor(model, layer.node.inputs[0].name)
     ys = sampler.target_tensor(orig_layer_out) if with_targets else None
-    counts = _positions_per_batch(n_total, len(xs))
+    counts = positions_per_batch(n_total, len(xs))
     patches, targets = [], []
     for i, (x, n) in enumerate(zip(xs, counts)):
         if n == 0:
@@ -259,12 +259,12 @@ def _prune_one(state: _State, sampler: Sampler, name: str, ratio: Fraction, sett
         return SkippedLayer(name, layer.op, f"ratio {float(ratio):g} keeps all {size} channels")
     # choose the channels on the root layer's own input
     root_index = group.positions[layer.node.inputs[0].name].index
-    weight_view = _root_view(_layer_weight(layer), root_index)
+    weight_view = root_view(layer_weight(layer), root_index)
     patches_view = None
     if settings.selection != "magnitude":
         patches, _ = sample_layer(sampler, state.model, layer, rng, settings.num_reconstruction_samples,
                                   False, "", None)
-        patches_view = _root_view(patches.astype(np.float64), root_index)
+        patches_view = root_view(patches.astype(np.float64), root_index)
     locked = None if gather else group.locked
     kept = reconstruct.SELECTORS[settings.selection](patches_view, weight_view, keep, locked)
     removed = np.setdiff1d(np.arange(size), kept)
@@ -353,7 +353,7 @@ def _refit(state: _State, sampler: Sampler, name: str, settings: PruneSettings, 
     patches, targets = sample_layer(sampler, state.model, layer, rng, settings.num_reconstruction_samples,
                                     True, node.outputs[0].name, state.out_keep.get(name))
     # Targets come from the original model, whose output tensor has the same name.
-    w0 = _layer_weight(layer).astype(np.float64)
+    w0 = layer_weight(layer).astype(np.float64)
     w, bias_fit, _alpha = reconstruct.reconstruct_toward(patches, targets, w0, fit_bias, seed=settings.seed)
     dtype = layer.weight.dtype
     underdetermined = len(patches) < w0[0].size + int(fit_bias)
@@ -386,12 +386,3 @@ def stored_layout(layer: layers.Layer, w3: np.ndarray) -> np.ndarray:
     mat = w3[:, :, 0]  # (N, K)
     trans = layer.op == "Gemm" and int(layer.attrs.get("transB", 0))
     return mat if trans else mat.T
-
-
-def layer_weight(layer: layers.Layer) -> np.ndarray:
-    """The layer's weight as (n_out, C, K) (see reconstruct)."""
-    return _layer_weight(layer)
-
-
-def root_view(arr: np.ndarray, index: np.ndarray) -> np.ndarray:
-    return _root_view(arr, index)

@@ -36,6 +36,7 @@ def group_units(proto: onnx.ModelProto, analysis: layers.Analysis, names: list[s
     inits = _weight_names(proto)
     by_name = {l.name: l for l in analysis.compressible}
     covered: dict[str, str] = {}
+    costs = layer_costs(analysis, metric)
     units, skipped = [], {}
     order = [l.name for l in analysis.layers if l.name in set(names)]
     for name in order:
@@ -60,7 +61,7 @@ def group_units(proto: onnx.ModelProto, analysis: layers.Analysis, names: list[s
             continue
         for m in members:
             covered.setdefault(m.name, name)
-        unit = _unit(layer, group, members, analysis, sampler, rng, keys, settings, metric, multiplicity)
+        unit = _unit(layer, group, members, sampler, rng, keys, settings, costs, multiplicity)
         if unit is None:
             skipped[name] = "no candidate ratio removes a channel"
         else:
@@ -73,7 +74,7 @@ def _samples(sampler, layer: layers.Layer, rng, n: int):
     return pruning.sample_layer(sampler, sampler.original, layer, rng, n, True, layer.node.outputs[0].name, None)
 
 
-def _unit(root, group, members, analysis, sampler, rng, keys, settings, metric, multiplicity):
+def _unit(root, group, members, sampler, rng, keys, settings, costs, multiplicity):
     size = group.size
     samples = {m.name: _samples(sampler, m, rng, settings.num_reconstruction_samples) for m in members}
     grams = {}
@@ -87,7 +88,6 @@ def _unit(root, group, members, analysis, sampler, rng, keys, settings, metric, 
     patches_view = None
     if settings.selection != "magnitude":
         patches_view = pruning.root_view(samples[root.name][0].astype(np.float64), root_index)
-    costs = _layer_costs(analysis, metric)
     choices = []
     for key in keys:
         q = Fraction(repr(float(key)))
@@ -114,7 +114,8 @@ def _unit(root, group, members, analysis, sampler, rng, keys, settings, metric, 
     return Unit(root.name, cands, overrides, base, effects)
 
 
-def _layer_costs(analysis: layers.Analysis, metric: str) -> dict[str, int]:
+def layer_costs(analysis: layers.Analysis, metric: str) -> dict[str, int]:
+    """Layer name -> cost under `metric`, for the model's layers."""
     return {l.name: layers.cost_of(l, metric) for l in analysis.compressible}
 
 
@@ -170,10 +171,6 @@ def exact_cost(units, choices: dict[str, float], costs: dict[str, int]) -> int:
         for (name, _side), kept in unit.effects[key].items():
             factor[name] *= kept
     return int(sum(costs[n] * f for n, f in factor.items()))
-
-
-def layer_costs(analysis: layers.Analysis, metric: str) -> dict[str, int]:
-    return _layer_costs(analysis, metric)
 
 
 def _width(action) -> int:
