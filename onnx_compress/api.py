@@ -558,7 +558,7 @@ def _verified_choice(units, dictionary, current, current_total, total, target_q,
     if len(finalists) == 1:
         return finalists[0][1]
     by_unit = {u.name: u for u in units}
-    swapper = runtime.WeightSwapper(current, sorted({n for u in units for n in u.overrides(u.candidates[0])}),
+    swapper = runtime.WeightSwapper(current, sorted({n for u in units for n in u.weights}),
                                     use_cuda)
     best, best_score = None, None
     for _, sel in finalists:

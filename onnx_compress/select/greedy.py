@@ -54,6 +54,7 @@ class Unit:
     candidates: list[Candidate]
     overrides: Callable[[Candidate], dict[str, np.ndarray]]
     base_cost: int  # cost of the uncompressed option
+    weights: tuple[str, ...] = ()  # initializers the overrides replace
     effects: dict | None = None  # channel pruning: candidate key -> {(layer, side): kept fraction}
 
 
@@ -116,7 +117,8 @@ def svd_units(analysis: Analysis, scheme: str, names: list[str], keys: list[floa
         if not cands:
             skipped[name] = "no candidate rank fits (layer too small for these ratios)"
             continue
-        units.append(Unit(name, cands, _svd_overrides(layer, scheme, (moments or {}).get(name)), rc.before))
+        units.append(Unit(name, cands, _svd_overrides(layer, scheme, (moments or {}).get(name)), rc.before,
+                          (layer.node.inputs[1].name,)))
     return units, skipped
 
 
@@ -148,7 +150,7 @@ def build_dictionary(proto: onnx.ModelProto, units: list[Unit], eval_callback, i
     suffix needs, and candidates run only the part of the model after the changed
     layers (runtime.PrefixCache); the results are the same.
     """
-    weights = {u.name: sorted(u.overrides(u.candidates[0])) for u in units}
+    weights = {u.name: list(u.weights) for u in units}
     names = sorted({n for ws in weights.values() for n in ws})
     threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if workers > 1 else None
     swapper = runtime.WeightSwapper(proto, names, use_cuda, threads=threads)

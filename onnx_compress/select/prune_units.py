@@ -80,8 +80,7 @@ def _unit(root, group, members, sampler, rng, keys, settings, costs, multiplicit
     grams = {}
     if settings.reconstruct:
         for m in members:
-            has_bias = len(m.node.inputs) > 2 and m.node.inputs[2].name and ir.constant_value(m.node.inputs[2]) is not None
-            grams[m.name] = reconstruct.GramFit(samples[m.name][0], samples[m.name][1], bool(has_bias),
+            grams[m.name] = reconstruct.GramFit(samples[m.name][0], samples[m.name][1], _has_bias(m),
                                                 seed=settings.seed)
     root_index = group.positions[root.node.inputs[0].name].index
     weight_view = pruning.root_view(pruning.layer_weight(root), root_index)
@@ -111,7 +110,16 @@ def _unit(root, group, members, sampler, rng, keys, settings, costs, multiplicit
     def overrides(c: Candidate) -> dict[str, np.ndarray]:
         return _overrides(group, members, samples, grams, removed_by_key[c.key], settings)
 
-    return Unit(root.name, cands, overrides, base, effects)
+    weights = [m.node.inputs[1].name for m in members]
+    if settings.reconstruct:
+        weights += [m.node.inputs[2].name for m in members if _has_bias(m)]
+    return Unit(root.name, cands, overrides, base, tuple(weights), effects)
+
+
+def _has_bias(layer: layers.Layer) -> bool:
+    """Whether the layer has a constant bias input (Conv B / Gemm C) to refit."""
+    node = layer.node
+    return len(node.inputs) > 2 and bool(node.inputs[2].name) and ir.constant_value(node.inputs[2]) is not None
 
 
 def layer_costs(analysis: layers.Analysis, metric: str) -> dict[str, int]:
@@ -192,7 +200,7 @@ def _overrides(group, members, samples, grams, removed: np.ndarray, settings) ->
         drop = pos.removed(removed)
         keep = np.setdiff1d(np.arange(patches.shape[1]), drop)
         w3 = pruning.layer_weight(m).astype(np.float64)
-        has_bias = len(m.node.inputs) > 2 and m.node.inputs[2].name and ir.constant_value(m.node.inputs[2]) is not None
+        has_bias = _has_bias(m)
         new = np.zeros_like(w3)
         if settings.reconstruct:
             bias = ir.constant_value(m.node.inputs[2]).astype(np.float64).reshape(-1) if has_bias else None
