@@ -8,12 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-from . import __version__, api, evaluators, ir, runtime
+from . import __version__, api, evaluators, files, ir, runtime
 from .errors import CompressionError, ParameterError
 
 log = logging.getLogger("onnx_compress")
@@ -194,13 +192,26 @@ def cmd_inspect(args) -> int:
 
 def _check_output(model: str, output: str, *extra: str) -> None:
     out = Path(output)
-    if not out.parent.exists() if str(out.parent) else False:
+    if not out.parent.exists():
         raise ParameterError(f"output folder {out.parent} does not exist")
     if Path(model).exists() and out.exists() and out.resolve() == Path(model).resolve():
         raise ParameterError(f"output {output} is the input model; choose another path")
     for path in extra:
-        if path and str(Path(path).parent) and not Path(path).parent.exists():
+        if path and not Path(path).parent.exists():
             raise ParameterError(f"folder of {path} does not exist")
+
+
+def _check_scheme(name: str) -> None:
+    if name not in SCHEME_NAMES:
+        raise ParameterError(f"--scheme: unknown scheme {name!r}; expected one of {', '.join(SCHEME_NAMES)}")
+
+
+def _write_outputs(args, model, stats) -> None:
+    """The model first (the step that can fail on a bad model), then the statistics."""
+    external = True if args.external_data or ir.uses_external_data(args.model) else None
+    ir.save(model, args.output, external=external)
+    if args.stats:
+        files.write_text(args.stats, stats.to_json())
 
 
 def cmd_compress(args) -> int:
@@ -209,8 +220,7 @@ def cmd_compress(args) -> int:
         return _compress_auto(args)
     schemes = [s.strip() for s in args.scheme.split(",") if s.strip()]
     for name in schemes:
-        if name not in SCHEME_NAMES:
-            raise ParameterError(f"--scheme: unknown scheme {name!r}; expected one of {', '.join(SCHEME_NAMES)}")
+        _check_scheme(name)
     if args.ratios is not None:
         if len(schemes) > 1:
             raise ParameterError("--ratios names layers of one scheme; use --ratio for a pipeline")
@@ -231,10 +241,7 @@ def cmd_compress(args) -> int:
         reconstruct=not args.no_reconstruction, seed=args.seed,
         allow_custom_downsample_ops=args.allow_downsample,
     )
-    if args.stats:
-        _write_text(args.stats, stats.to_json())
-    external = True if args.external_data or ir.uses_external_data(args.model) else None
-    ir.save(model, args.output, external=external)
+    _write_outputs(args, model, stats)
     if not args.quiet:
         print(stats)
     print(f"wrote {args.output}" + (f" and {args.stats}" if args.stats else ""))
@@ -249,8 +256,7 @@ def _compress_auto(args) -> int:
 
     if "," in args.scheme:
         raise ParameterError("auto mode (--target) takes one scheme; run a pipeline's steps one by one")
-    if args.scheme not in SCHEME_NAMES:
-        raise ParameterError(f"--scheme: unknown scheme {args.scheme!r}; expected one of {', '.join(SCHEME_NAMES)}")
+    _check_scheme(args.scheme)
     eval_data = args.eval_data or args.data
     if eval_data is None:
         raise ParameterError("auto mode needs data to score candidates: pass --data and/or --eval-data")
@@ -271,9 +277,7 @@ def _compress_auto(args) -> int:
         data=args.data, num_reconstruction_samples=args.samples, selection=args.selection,
         reconstruct=not args.no_reconstruction, seed=args.seed, progress=progress,
     )
-    if args.stats:
-        _write_text(args.stats, stats.to_json())
-    ir.save(model, args.output, external=True if args.external_data or ir.uses_external_data(args.model) else None)
+    _write_outputs(args, model, stats)
     sel = stats.selection
     if not args.quiet:
         print(stats)
@@ -290,19 +294,6 @@ def cmd_eval(args) -> int:
     score = runtime.evaluate(model, evaluators.accuracy(args.data), None, args.cuda)
     print(f"top-1 accuracy of {args.model} on {args.data}: {score:.4f}")
     return 0
-
-
-def _write_text(path: str, text: str) -> None:
-    """Write a text file atomically."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".onnx_compress_", dir=target.parent if str(target.parent) else ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 COMMANDS = {"inspect": cmd_inspect, "compress": cmd_compress, "eval": cmd_eval}

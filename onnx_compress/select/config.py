@@ -18,7 +18,6 @@ from 1 in messages.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from typing import Protocol
 
 from ..cost import check_ratio
 from ..errors import DataError, LayerError, ParameterError
+from ..files import read_json
 
 KEYS = ("op_types", "op_names", "exclude", "ratio")
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
@@ -278,12 +278,7 @@ def load_config(path: str | os.PathLike) -> list[dict]:
     entries themselves are checked by `resolve`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such config file")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a readable JSON file ({exc})") from None
+    doc = read_json(path, "config file")
     if isinstance(doc, dict):
         extra = sorted(set(doc) - {"config_list"})
         if "config_list" not in doc or extra:

@@ -12,13 +12,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 from ..errors import DataError, ParameterError
+from ..files import read_json, write_text
 
 FORMAT = "onnx_compress.eval_scores/1"
 _FORMAT_PREFIX = "onnx_compress.eval_scores/"
@@ -125,16 +125,7 @@ def save(table: ScoreTable, path: str | os.PathLike) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise DataError(f"{path}: folder {parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, text + "\n")
 
 
 # --------------------------------------------------------------------------- loading
@@ -142,12 +133,7 @@ def load(path: str | os.PathLike) -> ScoreTable:
     """Read a table written by `save`; DataError naming the file when it is missing, not
     JSON, of another format, or has missing or ill-typed fields."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such eval-score file")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a readable JSON file ({exc})") from None
+    doc = read_json(path, "eval-score file")
     _check_format(doc, path)
     try:
         return _from_json(doc)
