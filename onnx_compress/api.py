@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -18,14 +17,13 @@ import onnx
 
 from . import cost, ir, layers, pruning, runtime
 from . import data as data_mod
-from .errors import CompressionError, ParameterError
+from .errors import CompressionError, ParameterError, ShapeError
 from .select import manual
 from .stats import CompressionStats, LayerStats, SkippedLayer
 from .transforms import SCHEMES, apply
 
 log = logging.getLogger(__name__)
 
-ModelLike = "str | os.PathLike | onnx.ModelProto"
 
 
 # ------------------------------------------------------------------------ native API
@@ -169,7 +167,7 @@ def eligibility(layer: layers.Layer) -> dict[str, str | None]:
 def _total(analysis: layers.Analysis, metric: str) -> int | None:
     try:
         return analysis.total(metric)
-    except Exception:  # MACs unknown for some layer: totals only where measurable
+    except ShapeError:  # MACs unknown for some layer: totals only where measurable
         return None
 
 
@@ -427,7 +425,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     proto = ir.load(model)
     first = layers.analyze(proto, input_shape, _data_shapes(data) if data is not None else None)
     dims = first.input_dims
-    total = layers.cost_of_model(first, metric)
+    total = first.total(metric)
     checker = pruning.check_layer if name == "channel_pruning" else SCHEMES[name].check
     eligible = [l for l in first.compressible if checker(l) is None]
     resolution = config_mod.resolve(eligible, config_list, modules_to_ignore)
@@ -468,8 +466,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
                                              workers=workers, progress=progress)
     if scores_out is not None:
         scores_io.save(greedy.to_table(dictionary, digest, scheme_key, metric, keys), scores_out)
-    by_unit = {u.name: u for u in units}
-    current_total = layers.cost_of_model(analysis, metric)
+    current_total = analysis.total(metric)
     chosen, out, step_stats, more = _select_and_apply(
         units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit,
         name, metric, multiplicity, dims, settings, trainer,
@@ -599,14 +596,14 @@ def _select_and_apply(units, dictionary, current, current_total, total, target_q
             chosen = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit)
             ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in chosen.choices.items() if opt.ratio != 1.0}
             out, step_stats, more = _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
-            if Fraction(layers.cost_of_model(layers.analyze(out, dims), metric), total) <= target_q:
+            if Fraction(layers.analyze(out, dims).total(metric), total) <= target_q:
                 return chosen, out, step_stats, more
     goal, best, tries = target_q, None, (4 if name == "channel_pruning" and trainer is None else 1)
     for _ in range(tries):
         chosen = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit)
         ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in chosen.choices.items() if opt.ratio != 1.0}
         out, step_stats, more = _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
-        achieved = Fraction(layers.cost_of_model(layers.analyze(out, dims), metric), total)
+        achieved = Fraction(layers.analyze(out, dims).total(metric), total)
         if achieved <= target_q and (best is None or chosen.expected_score > best[0].expected_score):
             best = (chosen, out, step_stats, more)
         gap = target_q - achieved
@@ -624,8 +621,7 @@ def _select_and_apply(units, dictionary, current, current_total, total, target_q
 
 def _ratio_of(unit, key: float) -> Fraction:
     """The manual ratio that reproduces a unit's chosen candidate exactly."""
-    cand = next(c for c in unit.candidates if c.key == key)
-    return Fraction(repr(float(key))) if cand.ratio is None else cand.ratio if unit.name else cand.ratio
+    return next(c.ratio for c in unit.candidates if c.key == key)
 
 
 def _final(proto, name, ratios, metric, multiplicity, dims, settings, trainer):

@@ -170,7 +170,7 @@ class NodeSpec:
     extra_inputs: tuple[int, ...] = ()  # indices of the original node's inputs to append
 
 
-def unique_name(graph: gs.Graph, base: str, taken: set[str]) -> str:
+def unique_name(base: str, taken: set[str]) -> str:
     """A node/tensor name derived from `base` that is not in `taken` (which it updates)."""
     name, k = base, 1
     while name in taken:
@@ -204,18 +204,18 @@ def replace_with_chain(graph: gs.Graph, node: gs.Node, specs: list[NodeSpec], ba
     node.inputs.clear()
     names = []
     for i, spec in enumerate(specs):
-        name = unique_name(graph, f"{base}.{i}", taken)
+        name = unique_name(f"{base}.{i}", taken)
         names.append(name)
         inputs = [data]
         for j, p in enumerate(spec.params):
             if p is None:
                 inputs.append(gs.Variable.empty())
             else:
-                inputs.append(gs.Constant(unique_name(graph, f"{name}.param{j}", taken),
+                inputs.append(gs.Constant(unique_name(f"{name}.param{j}", taken),
                                           np.ascontiguousarray(p)))
         inputs.extend(original_inputs[k] for k in spec.extra_inputs)
         last = i == len(specs) - 1
-        outs = outputs if last else [gs.Variable(unique_name(graph, f"{name}.out", taken),
+        outs = outputs if last else [gs.Variable(unique_name(f"{name}.out", taken),
                                                  dtype=outputs[0].dtype)]
         new = gs.Node(op=spec.op, name=name, attrs=dict(spec.attrs), inputs=inputs, outputs=outs)
         graph.nodes.append(new)
@@ -240,9 +240,9 @@ def insert_gather(graph: gs.Graph, node: gs.Node, slot: int, indices: np.ndarray
     Only `node` sees the gathered tensor; other consumers keep the original.
     """
     src = node.inputs[slot]
-    name = unique_name(graph, name, taken)
-    out = gs.Variable(unique_name(graph, f"{name}.out", taken), dtype=src.dtype)
-    idx = gs.Constant(unique_name(graph, f"{name}.indices", taken), np.asarray(indices, dtype=np.int64))
+    name = unique_name(name, taken)
+    out = gs.Variable(unique_name(f"{name}.out", taken), dtype=src.dtype)
+    idx = gs.Constant(unique_name(f"{name}.indices", taken), np.asarray(indices, dtype=np.int64))
     graph.nodes.append(gs.Node("Gather", name=name, attrs={"axis": int(axis)}, inputs=[src, idx], outputs=[out]))
     node.inputs[slot] = out
     return name

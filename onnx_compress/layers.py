@@ -114,11 +114,6 @@ def cost_of(layer: Layer, metric: str) -> int:
     return layer.mac
 
 
-def cost_of_model(analysis: Analysis, metric: str) -> int:
-    """Total cost of the model's layers under `metric`."""
-    return analysis.total(metric)
-
-
 # ----------------------------------------------------------------------- input shapes
 def resolve_input_dims(proto: onnx.ModelProto, input_shape=None,
                        data_shapes: dict[str, Shape] | None = None) -> dict[str, Shape]:

@@ -16,7 +16,6 @@ Layers inside If/Loop subgraphs are not pruned (their tensors cannot be sampled)
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -25,7 +24,7 @@ import onnx
 
 from . import data as data_mod
 from . import ir, layers, runtime
-from .errors import DataError, LayerError, ParameterError
+from .errors import DataError, ParameterError
 from .stats import LayerStats, SkippedLayer
 from .transforms import depgraph, reconstruct, svd
 
@@ -328,7 +327,7 @@ def _downsample(graph, group, layer: layers.Layer, removed: np.ndarray, downsamp
         axis = 1
     else:
         axis = 1 if (node.op == "Gemm" and int(node.attrs.get("transB", 0))) else 0
-    ir.set_input(node, 1, np.delete(weight, drop_now, axis=axis), ir.unique_name(None, f"{layer.name}.weight", taken))
+    ir.set_input(node, 1, np.delete(weight, drop_now, axis=axis), ir.unique_name(f"{layer.name}.weight", taken))
 
 
 def _input_width(node, axis: int) -> int:
@@ -367,13 +366,13 @@ def _refit(state: _State, sampler: Sampler, name: str, settings: PruneSettings, 
         if layer.op == "Gemm":
             node.attrs["alpha"] = 1.0
             node.attrs["beta"] = 1.0
-    ir.set_input(node, 1, new_w, ir.unique_name(None, f"{name}.weight", taken))
+    ir.set_input(node, 1, new_w, ir.unique_name(f"{name}.weight", taken))
     if fit_bias:
         bias = bias_fit.astype(dtype)
         if len(node.inputs) > 2 and node.inputs[2].name:
-            ir.set_input(node, 2, bias, ir.unique_name(None, f"{name}.bias", taken))
+            ir.set_input(node, 2, bias, ir.unique_name(f"{name}.bias", taken))
         else:
-            ir.append_input(node, bias, ir.unique_name(None, f"{name}.bias", taken))
+            ir.append_input(node, bias, ir.unique_name(f"{name}.bias", taken))
     state.model = ir.export(analysis.graph, state.model)
     return underdetermined
 

@@ -34,7 +34,7 @@ def zero_then_winnow(proto, name, frac=0.5, seed=0):
             w[:, idx] = 0
         else:
             w[idx] = 0
-        ir.set_input(act.node, 1, w, ir.unique_name(None, "zeroed", taken))
+        ir.set_input(act.node, 1, w, ir.unique_name("zeroed", taken))
     zeroed = ir.export(a.graph, proto)
     a2 = layers.analyze(zeroed)
     group2 = depgraph.build_group(a2.find(name), a2.graph, a2.shapes)

@@ -13,7 +13,7 @@ import builders as b
 import mac_count
 import nets
 import onnx_compress as oc
-from onnx_compress import layers, runtime
+from onnx_compress import runtime
 from onnx_compress.evaluators import accuracy
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,6 @@ Needs matplotlib (tools/requirements.txt) for the plot.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import time

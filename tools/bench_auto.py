@@ -12,7 +12,6 @@ in the same run as full evaluations on a ready session (median of 3).
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import tempfile

@@ -11,7 +11,6 @@ benchmarks' sections stay) and prints it.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path

@@ -26,8 +26,8 @@ from fractions import Fraction
 import numpy as np
 import onnx
 
-from .. import ir, layers, runtime
-from ..cost import RankCost, as_fraction, rank_for_ratio
+from .. import runtime
+from ..cost import RankCost, rank_for_ratio
 from ..errors import ParameterError
 from ..layers import Analysis, Layer
 from ..transforms import SCHEMES, svd

@@ -573,24 +573,24 @@ def winnow(group: ChannelGroup, roots: np.ndarray, taken: set[str]) -> dict[str,
             else:
                 trans = node.op == "Gemm" and int(node.attrs.get("transB", 0))
                 w_axis = (0 if action.kind == "in" else 1) ^ (1 if trans else 0)
-            ir.set_input(node, 1, _delete(weight, idx, w_axis), ir.unique_name(None, f"{name}.weight", taken))
+            ir.set_input(node, 1, _delete(weight, idx, w_axis), ir.unique_name(f"{name}.weight", taken))
             if action.kind == "out":
                 removed_out[name] = idx
                 if len(node.inputs) > 2 and node.inputs[2].name:
                     bias = ir.constant_value(node.inputs[2])
                     if bias is not None and bias.ndim >= 1 and bias.shape[-1] > 1:
                         ir.set_input(node, 2, _delete(bias, idx, bias.ndim - 1 if node.op != "Conv" else 0),
-                                     ir.unique_name(None, f"{name}.bias", taken))
+                                     ir.unique_name(f"{name}.bias", taken))
         elif action.kind == "depthwise":
             for slot in (1, 2):
                 if slot < len(node.inputs) and node.inputs[slot].name:
                     value = ir.constant_value(node.inputs[slot])
-                    ir.set_input(node, slot, _delete(value, idx, 0), ir.unique_name(None, f"{name}.p{slot}", taken))
+                    ir.set_input(node, slot, _delete(value, idx, 0), ir.unique_name(f"{name}.p{slot}", taken))
             node.attrs["group"] = int(node.attrs["group"]) - len(idx)
         elif action.kind == "param":
             value = ir.constant_value(node.inputs[action.slot])
             ir.set_input(node, action.slot, _delete(value, idx, action.axis),
-                         ir.unique_name(None, f"{name}.p{action.slot}", taken))
+                         ir.unique_name(f"{name}.p{action.slot}", taken))
         elif action.kind == "split":
             _update_split(group, node, action, roots, taken)
         elif action.kind == "reshape":
@@ -598,7 +598,7 @@ def winnow(group: ChannelGroup, roots: np.ndarray, taken: set[str]) -> dict[str,
         elif action.kind == "resize":
             sizes = ir.constant_value(node.inputs[3]).copy()
             sizes[pos.axis] -= len(idx)
-            ir.set_input(node, 3, sizes, ir.unique_name(None, f"{name}.sizes", taken))
+            ir.set_input(node, 3, sizes, ir.unique_name(f"{name}.sizes", taken))
     for pos in group.positions.values():
         ir.forget_shape(pos.tensor)
     return removed_out
@@ -614,7 +614,7 @@ def _update_split(group: ChannelGroup, node, action: Action, roots, taken) -> No
         node.attrs["split"] = new
         return
     value = np.asarray(new, dtype=np.int64)
-    name = ir.unique_name(None, f"{ir.node_name(node)}.split", taken)
+    name = ir.unique_name(f"{ir.node_name(node)}.split", taken)
     if len(node.inputs) > 1 and node.inputs[1].name:
         ir.set_input(node, 1, value, name)
     else:
@@ -630,4 +630,4 @@ def _update_reshape(group: ChannelGroup, node, roots, taken) -> None:
     shape = ir.constant_value(node.inputs[1]).copy()
     if shape[out_pos.axis] > 0:
         shape[out_pos.axis] -= len(out_pos.removed(roots))
-        ir.set_input(node, 1, shape, ir.unique_name(None, f"{ir.node_name(node)}.shape", taken))
+        ir.set_input(node, 1, shape, ir.unique_name(f"{ir.node_name(node)}.shape", taken))

@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from ..cost import RankCost
+from ..errors import ShapeError
 from ..ir import NodeSpec
 from ..layers import Layer
 
@@ -106,8 +107,6 @@ def _positions(shape) -> int:
 
 def _need_shapes(layer: Layer) -> None:
     if layer.in_shape is None or layer.out_shape is None:
-        from ..errors import ShapeError
-
         raise ShapeError(
             f"layer '{layer.name}': input/output shapes unknown; pass input_shape "
             "(CLI: --input-shape NAME=d0,d1,...)"
