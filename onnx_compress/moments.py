@@ -22,6 +22,7 @@ def input_moments(proto: onnx.ModelProto, targets: list[layers_mod.Layer], schem
     """Layer name -> (D, D) second moment of the inputs its split factors act on."""
     settings = pruning.PruneSettings(data=data, num_reconstruction_samples=samples, seed=seed, use_cuda=use_cuda)
     sampler = pruning.Sampler(proto, pruning.load_batches(settings, proto), settings)
+    sampler.prefetch([layer.node.inputs[0].name for layer in targets if not layer.in_subgraph])
     out = {}
     for layer in targets:
         if layer.in_subgraph:

@@ -103,26 +103,33 @@ class Sampler:
         """A layer output to refit toward: from the reference model when it has the tensor
         (e.g. the uncompressed model before an SVD step), else from the input model."""
         if name in self._ref_names:
-            if name not in self._ref_cache:
-                self._ref_cache[name] = self._run(self.reference, name)
+            self._fill(self._ref_cache, self.reference, [name])
             return self._ref_cache[name]
         return self.original_tensor(name)
 
+    def prefetch(self, names) -> None:
+        """Compute the original model's tensors `names` in one pass over the batches."""
+        self._fill(self._orig_cache, self.original, names)
+
     def original_tensor(self, name: str) -> list[np.ndarray]:
-        if name not in self._orig_cache:
-            self._orig_cache[name] = self._run(self.original, name)
+        self._fill(self._orig_cache, self.original, [name])
         return self._orig_cache[name]
 
     def current_tensor(self, model: onnx.ModelProto, name: str) -> list[np.ndarray]:
         if model is self.original:
             return self.original_tensor(name)
-        return self._run(model, name)
+        return self._run(model, [name])[name]
 
-    def _run(self, model: onnx.ModelProto, name: str) -> list[np.ndarray]:
-        sess = runtime.session(model, self.settings.use_cuda, extra_outputs=[name])
-        names = [o.name for o in sess.get_outputs()]
-        k = names.index(name)
-        return [sess.run([names[k]], feed)[0] for feed in self.feeds]
+    def _fill(self, cache: dict, model: onnx.ModelProto, names) -> None:
+        missing = [n for n in dict.fromkeys(names) if n not in cache]
+        if missing:
+            cache.update(self._run(model, missing))
+
+    def _run(self, model: onnx.ModelProto, names: list[str]) -> dict[str, list[np.ndarray]]:
+        """Tensors `names` of `model` on every batch, from one session and one run per batch."""
+        sess = runtime.session(model, self.settings.use_cuda, extra_outputs=names)
+        runs = [sess.run(names, feed) for feed in self.feeds]
+        return {name: [r[k] for r in runs] for k, name in enumerate(names)}
 
 
 def _tensor_names(model: onnx.ModelProto) -> set[str]:

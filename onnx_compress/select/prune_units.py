@@ -76,6 +76,7 @@ def _samples(sampler, layer: layers.Layer, rng, n: int):
 
 def _unit(root, group, members, sampler, rng, keys, settings, costs, multiplicity):
     size = group.size
+    sampler.prefetch([t.name for m in members for t in (m.node.inputs[0], m.node.outputs[0])])
     samples = {m.name: _samples(sampler, m, rng, settings.num_reconstruction_samples) for m in members}
     grams = {}
     if settings.reconstruct:
