@@ -243,11 +243,9 @@ class PrefixCache:
     """
 
     def __init__(self, model: onnx.ModelProto, units: dict[str, list[str]], use_cuda: bool = False,
-                 threads: int | None = None, max_bytes: int = 2 * 2**30, batches: int = 64):
-        self.model, self.use_cuda, self.threads = model, use_cuda, threads
-        self.full = session(model, use_cuda, threads)
-        self.inputs, self.outputs = self.full.get_inputs(), self.full.get_outputs()
-        self.model_outputs = [o.name for o in self.outputs]
+                 threads: int | None = None, max_bytes: int = 2 * 2**30):
+        self.use_cuda, self.threads = use_cuda, threads
+        self.model_outputs = [o.name for o in model.graph.output]
         consumers = {}
         for node in model.graph.node:
             for i in node.input:
@@ -260,6 +258,9 @@ class PrefixCache:
                 self.plans[unit] = plan
         self.needed = sorted({b for _, boundary in self.plans.values() for b in boundary})
         self.recorder_session = session(model, use_cuda, threads, extra_outputs=self.needed)
+        # the model's own outputs come first; the recorded extras follow them
+        self.inputs = self.recorder_session.get_inputs()
+        self.outputs = self.recorder_session.get_outputs()[:len(self.model_outputs)]
         self.max_bytes, self.used = max_bytes, 0
         self.store_by_feed: dict[tuple, dict[str, np.ndarray]] = {}
         self.swappers: dict[str, WeightSwapper] = {}
