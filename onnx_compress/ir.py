@@ -6,11 +6,18 @@ walk its nodes (subgraphs included), read a constant weight wherever the exporte
 replace a node by a chain of new nodes, export a checked and shape-inferred ModelProto,
 and save it atomically (with external data for large models).
 
-Import direction: ir imports only onnx, onnx-graphsurgeon, numpy and errors.
+Models too big for one protobuf (2 GiB) are *file-backed*: `load` leaves their external
+weights on disk, with absolute locations; their values are read through memory maps and
+`save` copies them into the new data file in chunks, so memory stays far below the
+model's size. The protos stay valid ONNX (onnx.checker, shape inference); ONNX Runtime
+needs them saved first (`runtime.session` does that), since it refuses absolute paths.
+
+Import direction: ir imports only onnx, onnx-graphsurgeon, numpy, errors and progress.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -20,15 +27,22 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 from onnx import shape_inference
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from .errors import ModelLoadError, ShapeError
+from . import progress
+from .errors import ModelLoadError, ParameterError, ShapeError
 
 log = logging.getLogger(__name__)
 
 #: Protobuf cannot serialise a message over 2 GiB; above this we go through files.
 PROTO_LIMIT = 2**31 - 2**20
+#: Models whose tensor data reaches this are loaded file-backed (weights left on disk).
+FILE_BACKED_LIMIT = PROTO_LIMIT
+#: Chunk size for copying file-backed weights into a saved model's data file.
+COPY_CHUNK = 64 * 2**20
 _SUBGRAPH_ATTRS = ("then_branch", "else_branch", "body")
 
 Graph = gs.Graph
@@ -51,7 +65,15 @@ def load(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         if not path.is_file():
             raise ModelLoadError(f"{path}: no such model file")
         try:
-            proto = onnx.load(str(path), load_external_data=True)
+            proto = onnx.load(str(path), load_external_data=False)
+            stored = sum(_nbytes(t) for t in _all_tensors(proto) if _is_external(t))
+            if stored and stored + path.stat().st_size >= FILE_BACKED_LIMIT:
+                log.info("%s: %.2f GB of external weights stay on disk (file-backed)", path, stored / 1e9)
+                _anchor_external_data(proto, path)
+            else:
+                onnx.load_external_data_for_model(proto, str(path.parent))
+        except ModelLoadError:
+            raise
         except Exception as exc:  # protobuf DecodeError, missing external data, ...
             raise ModelLoadError(
                 f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc}); "
@@ -64,6 +86,175 @@ def load(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     if not proto.opset_import or not proto.graph.node:
         raise ModelLoadError(f"{where}: not an ONNX model (no graph nodes or no opset import)")
     return proto
+
+
+# ----------------------------------------------------------------- file-backed tensors
+def _graph_tensors(graph: onnx.GraphProto, attributes: bool = True) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        yield from _node_tensors(node, attributes)
+
+
+def _node_tensors(node: onnx.NodeProto, attributes: bool) -> Iterator[onnx.TensorProto]:
+    for attr in node.attribute:
+        if attributes and attr.HasField("t"):
+            yield attr.t
+        if attributes:
+            yield from attr.tensors
+        if attr.HasField("g"):
+            yield from _graph_tensors(attr.g, attributes)
+        for sub in attr.graphs:
+            yield from _graph_tensors(sub, attributes)
+
+
+def _all_tensors(proto: onnx.ModelProto, attributes: bool = True) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of `proto`: initializers and (with `attributes`) attribute tensors,
+    in subgraphs and functions too (the tensors onnx's external-data helpers visit)."""
+    yield from _graph_tensors(proto.graph, attributes)
+    for func in proto.functions:
+        for node in func.node:
+            yield from _node_tensors(node, attributes)
+
+
+def _is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _external_entries(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def _set_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Point `tensor` at `length` bytes at `offset` of `location` (other keys kept)."""
+    kept = [(k, v) for k, v in _external_entries(tensor).items() if k not in ("location", "offset", "length")]
+    del tensor.external_data[:]
+    for key, value in [("location", location), ("offset", str(offset)), ("length", str(length))] + kept:
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
+def _nbytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of the tensor's data, from its dims (no copy of the data is made)."""
+    if _is_external(tensor):
+        length = _external_entries(tensor).get("length")
+        if length:
+            return int(length)
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except Exception:  # string, undefined or unknown types
+        itemsize = 1
+    return math.prod(tensor.dims) * itemsize
+
+
+def _anchor_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Make `proto`'s external locations absolute (file-backed), after checking them."""
+    base = path.parent.resolve()
+    sizes: dict[Path, int] = {}
+    for tensor in _all_tensors(proto):
+        if not _is_external(tensor):
+            continue
+        entries = _external_entries(tensor)
+        location = entries.get("location", "")
+        rel = Path(location)
+        if not location or rel.is_absolute() or ".." in rel.parts:
+            raise ModelLoadError(f"{path}: tensor '{tensor.name}' has an invalid external data location "
+                                 f"{location!r} (must be a relative path inside the model's folder)")
+        target = base / rel
+        if target not in sizes:
+            if not target.is_file():
+                raise ModelLoadError(f"{path}: external data file {location} (tensor '{tensor.name}') is missing")
+            sizes[target] = target.stat().st_size
+        offset = int(entries.get("offset") or 0)
+        length = int(entries["length"]) if entries.get("length") else _nbytes(tensor)
+        if offset + length > sizes[target]:
+            raise ModelLoadError(f"{path}: external data of tensor '{tensor.name}' runs past the end of "
+                                 f"{location}; is the file complete?")
+        _set_external(tensor, str(target), offset, length)
+
+
+def file_source(tensor: onnx.TensorProto) -> tuple[str, int, int] | None:
+    """(absolute path, offset, length) of a file-backed tensor's data; None otherwise."""
+    if not _is_external(tensor):
+        return None
+    entries = _external_entries(tensor)
+    location = entries.get("location", "")
+    if not os.path.isabs(location):
+        return None
+    length = int(entries["length"]) if entries.get("length") else _nbytes(tensor)
+    return location, int(entries.get("offset") or 0), length
+
+
+def is_file_backed(proto: onnx.ModelProto) -> bool:
+    """Whether some tensor of `proto` still lives in a file (see `load`)."""
+    return any(file_source(t) is not None for t in _all_tensors(proto))
+
+
+def model_bytes(proto: onnx.ModelProto) -> int:
+    """Size of `proto` as files: the protobuf plus the tensor data kept in external files."""
+    return proto.ByteSize() + sum(_nbytes(t) for t in _all_tensors(proto) if _is_external(t))
+
+
+def too_big(proto: onnx.ModelProto) -> bool:
+    """Whether `proto` is too big to serialise as one protobuf (2 GiB).
+
+    Counts the tensor data held in memory first, so a huge model is recognised without
+    serialising it (ByteSize does).
+    """
+    inline = sum(_nbytes(t) for t in _all_tensors(proto) if not _is_external(t))
+    return inline >= PROTO_LIMIT or proto.ByteSize() >= PROTO_LIMIT
+
+
+_MAPPABLE = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
+             onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8,
+             onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL}
+
+
+def _mapped(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """A file-backed tensor's values as a copy-on-write memory map; None when it cannot be."""
+    src = file_source(tensor)
+    if src is None or tensor.data_type not in _MAPPABLE:
+        return None
+    location, offset, length = src
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+    shape = tuple(int(d) for d in tensor.dims)
+    count = math.prod(shape)
+    if count * dtype.itemsize != length:
+        return None
+    if count * dtype.itemsize < 2**20:  # small: read it
+        return np.fromfile(location, dtype=dtype, count=count, offset=offset).reshape(shape)
+    # A plain ndarray view of the map; writes stay private to this process.
+    return np.asarray(np.memmap(location, dtype=dtype, mode="c", offset=offset, shape=shape))
+
+
+def to_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """The values of `tensor`, file-backed ones included (memory-mapped where they can be;
+    onnx.numpy_helper.to_array refuses their absolute locations)."""
+    src = file_source(tensor)
+    if src is None:
+        return onnx.numpy_helper.to_array(tensor)
+    mapped = _mapped(tensor)
+    if mapped is not None:
+        return mapped
+    location, offset, length = src
+    with open(location, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    loaded = onnx.TensorProto()
+    loaded.CopyFrom(tensor)  # no data: it is in the file
+    del loaded.external_data[:]
+    loaded.data_location = onnx.TensorProto.DEFAULT
+    loaded.raw_data = data
+    return onnx.numpy_helper.to_array(loaded)
+
+
+def _values(const: gs.Constant) -> np.ndarray:
+    """A Constant's values; file-backed ones are read from their file each time and not
+    kept (so they are exported as the same file reference and copied when saved)."""
+    lazy = const._values
+    if type(lazy) is LazyValues and file_source(lazy.tensor) is not None:
+        return to_array(lazy.tensor)
+    return np.asarray(const.values)
 
 
 def uses_external_data(path: str | os.PathLike) -> bool:
@@ -134,7 +325,7 @@ def constant_value(tensor: gs.Tensor | None) -> np.ndarray | None:
     while tensor is not None and seen < 16:
         seen += 1
         if isinstance(tensor, gs.Constant):
-            return np.asarray(tensor.values)
+            return _values(tensor)
         if len(tensor.inputs) != 1:
             return None
         producer = tensor.inputs[0]
@@ -146,7 +337,7 @@ def constant_value(tensor: gs.Tensor | None) -> np.ndarray | None:
         attrs = producer.attrs
         if "value" in attrs:
             val = attrs["value"]
-            return np.asarray(val.values if isinstance(val, gs.Constant) else val)
+            return _values(val) if isinstance(val, gs.Constant) else np.asarray(val)
         for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
                            ("value_int", np.int64), ("value_ints", np.int64)):
             if key in attrs:
@@ -273,14 +464,33 @@ def export(graph: gs.Graph, template: onnx.ModelProto, *, check: bool = True) ->
     proto.metadata_props.extend(template.metadata_props)
     if not proto.functions and template.functions:
         proto.functions.extend(template.functions)
-    if check and proto.ByteSize() < PROTO_LIMIT:
+    if check and not too_big(proto):
         proto = checked(proto)
     return proto
 
 
 def checked(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Run onnx.checker and return the shape-inferred model."""
-    onnx.checker.check_model(proto)
+    # The checker refuses absolute locations and looks for relative ones from the current
+    # folder: file-backed tensors pass as empty ones here; `save` checks them by path.
+    backed = [(t, list(t.dims), [(e.key, e.value) for e in t.external_data])
+              for t in _all_tensors(proto) if file_source(t)]
+    try:
+        for tensor, _, _ in backed:
+            del tensor.external_data[:]
+            del tensor.dims[:]
+            tensor.dims.append(0)
+            tensor.data_location = onnx.TensorProto.DEFAULT
+        onnx.checker.check_model(proto)
+    finally:
+        for tensor, dims, entries in backed:
+            del tensor.dims[:]
+            tensor.dims.extend(dims)
+            del tensor.external_data[:]
+            for key, value in entries:
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            tensor.data_location = onnx.TensorProto.EXTERNAL
     try:
         return shape_inference.infer_shapes(proto)
     except Exception as exc:  # custom domains can defeat inference; the model is still valid
@@ -333,31 +543,83 @@ def static_shapes(proto: onnx.ModelProto, input_dims: dict[str, Shape]) -> dict[
 
 
 # ------------------------------------------------------------------------------ saving
-def save(proto: onnx.ModelProto, path: str | os.PathLike, *, external: bool | None = None) -> None:
+def save(proto: onnx.ModelProto, path: str | os.PathLike, *, external: bool | None = None,
+         check: bool = True) -> None:
     """Write `proto` to `path` atomically: all files appear together or none does.
 
-    Models over 2 GiB (or `external=True`) are written with their weights in one external
-    data file `<name>.data` beside the model. The model is checked by path before it is
-    moved into place, so nothing invalid or partial is ever left at `path`.
+    Models over 2 GiB, file-backed models (see `load`) and `external=True` are written
+    with their weights (tensors of 1 KiB or more) in one external data file
+    `<name>.data` beside the model; file-backed weights are copied into it in chunks.
+    Such models are checked by path before they are moved into place (unless `check` is
+    False), so nothing invalid or partial is ever left at `path`. `proto` is not modified.
     """
     path = Path(path)
-    big = proto.ByteSize() >= PROTO_LIMIT
-    if external is None:
-        external = big
+    big = too_big(proto)
+    backed = is_file_backed(proto)
+    if external is None or backed:  # file-backed weights are never inlined
+        external = bool(external) or big or backed
     parent = path.parent if str(path.parent) else Path(".")
+    data_name = path.name + ".data"
+    if backed and any(Path(src[0]).resolve() == (parent / data_name).resolve()
+                      for t in _all_tensors(proto) if (src := file_source(t))):
+        raise ParameterError(f"{path}: its data file {data_name} is where this model's weights are read "
+                             "from (the model was loaded file-backed); save it under another name")
     tmpdir = Path(tempfile.mkdtemp(prefix=".onnx_compress_", dir=parent))
     try:
         tmp = tmpdir / path.name
-        data_name = path.name + ".data"
         if external:
-            onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
+            _save_external(proto, tmp, data_name)
         else:
             onnx.save_model(proto, str(tmp))
-        if big:
+        if check and (big or backed):
             onnx.checker.check_model(str(tmp))
-        if external:
+        if (tmpdir / data_name).exists():
             os.replace(tmpdir / data_name, parent / data_name)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _save_external(proto: onnx.ModelProto, model_path: Path, data_name: str) -> None:
+    """Write `proto` to `model_path` with its weights in `data_name` beside it.
+
+    In-memory tensors of 1 KiB or more (initializers, as onnx.save_model does) are moved
+    to the data file in a copy of the model; file-backed tensors (any kind) are copied
+    from their files in chunks of COPY_CHUNK bytes, reporting progress.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)  # copies only the data held in memory
+    sources = [(t, src) for t in _all_tensors(out) if (src := file_source(t)) is not None]
+    inline = [t for t in _all_tensors(out, attributes=False)
+              if not _is_external(t) and t.HasField("raw_data") and _nbytes(t) >= 1024]
+    total = sum(src[2] for _, src in sources)
+    report = total >= COPY_CHUNK
+    with open(model_path.parent / data_name, "wb") as dst:
+        for tensor in inline:
+            offset = dst.tell()
+            dst.write(tensor.raw_data)
+            tensor.ClearField("raw_data")
+            _set_external(tensor, data_name, offset, dst.tell() - offset)
+        done = 0
+        buffer = bytearray(min(COPY_CHUNK, max(total, 1)))
+        for tensor, (location, offset, length) in sources:
+            dst.write(b"\0" * (-dst.tell() % 4096))  # page-aligned, for memory-mapping readers
+            start = dst.tell()
+            with open(location, "rb") as src:
+                src.seek(offset)
+                left = length
+                while left:
+                    n = src.readinto(memoryview(buffer)[:min(left, len(buffer))])
+                    if not n:
+                        raise ModelLoadError(f"{location}: ended before the data of tensor '{tensor.name}'; "
+                                             "was the model's data file changed after loading?")
+                    dst.write(memoryview(buffer)[:n])
+                    left -= n
+                    done += n
+                    if report:
+                        progress.update("writing weights (MiB)", -(-done // 2**20), -(-total // 2**20))
+            _set_external(tensor, data_name, start, length)
+        empty = dst.tell() == 0
+    if empty:
+        os.remove(model_path.parent / data_name)
+    onnx.save_model(out, str(model_path))

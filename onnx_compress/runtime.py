@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -16,47 +15,68 @@ import onnx
 import onnx.numpy_helper
 import onnxruntime as ort
 
+from . import ir
 from .errors import CompressionError
-from .ir import PROTO_LIMIT
 
 log = logging.getLogger(__name__)
 
 EvalCallback = Callable[[ort.InferenceSession, "int | None", bool], float]
 
 
+CUDA_MISSING = ("use_cuda=True but this onnxruntime has no CUDAExecutionProvider (install "
+                "onnxruntime-gpu instead of onnxruntime, and check the CUDA libraries); using the CPU")
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
+
+
 def providers(use_cuda: bool = False) -> list[str]:
-    """Execution providers for a session: CUDA first when asked for and available."""
-    available = ort.get_available_providers()
+    """Execution providers for a session: CUDA first when asked for and available.
+
+    Without a CUDA provider, one warning (logged once per process) and the CPU.
+    """
     if use_cuda:
-        if "CUDAExecutionProvider" in available:
+        if "CUDAExecutionProvider" in ort.get_available_providers():
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        warnings.warn(
-            "use_cuda=True but this onnxruntime has no CUDAExecutionProvider (install "
-            "onnxruntime-gpu instead of onnxruntime, and check the CUDA libraries); using the CPU",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        _warn_once(CUDA_MISSING)
     return ["CPUExecutionProvider"]
 
 
+def check_providers(sess: ort.InferenceSession, use_cuda: bool) -> ort.InferenceSession:
+    """Warn once when CUDA was asked for and available but the session did not get it
+    (onnxruntime-gpu installed, but no GPU or CUDA/cuDNN libraries at run time)."""
+    if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers() \
+            and "CUDAExecutionProvider" not in sess.get_providers():
+        _warn_once("use_cuda=True: CUDAExecutionProvider is installed but could not start (no GPU, or "
+                   "CUDA/cuDNN libraries missing); using the CPU")
+    return sess
+
+
 def session(model: onnx.ModelProto | str, use_cuda: bool = False, threads: int | None = None,
-            extra_outputs: list[str] | None = None) -> ort.InferenceSession:
-    """An InferenceSession for a ModelProto or a path."""
+            extra_outputs: list[str] | None = None, config: dict[str, str] | None = None) -> ort.InferenceSession:
+    """An InferenceSession for a ModelProto or a path (`config`: session config entries)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
     if isinstance(model, onnx.ModelProto) and extra_outputs:
         model = with_outputs(model, extra_outputs)
     try:
         if isinstance(model, onnx.ModelProto):
-            if model.ByteSize() >= PROTO_LIMIT:
+            if ir.is_file_backed(model) or ir.too_big(model):  # ORT needs a file (relative locations)
                 with tempfile.TemporaryDirectory() as tmp:
                     path = os.path.join(tmp, "model.onnx")
-                    onnx.save_model(model, path, save_as_external_data=True, location="model.data")
-                    return ort.InferenceSession(path, opts, providers=providers(use_cuda))
-            return ort.InferenceSession(model.SerializeToString(), opts, providers=providers(use_cuda))
-        return ort.InferenceSession(str(model), opts, providers=providers(use_cuda))
+                    ir.save(model, path, external=True, check=False)
+                    return check_providers(ort.InferenceSession(path, opts, providers=providers(use_cuda)), use_cuda)
+            return check_providers(ort.InferenceSession(model.SerializeToString(), opts, providers=providers(use_cuda)),
+                                   use_cuda)
+        return check_providers(ort.InferenceSession(str(model), opts, providers=providers(use_cuda)), use_cuda)
     except Exception as exc:
         raise CompressionError(f"ONNX Runtime cannot load the model: {exc}") from None
 
@@ -100,7 +120,7 @@ class WeightSwapper:
         missing = [n for n in names if n not in inits]
         if missing:
             raise CompressionError(f"cannot swap {missing}: not initializers of the main graph")
-        self.values = {n: onnx.numpy_helper.to_array(inits[n]) for n in names}
+        self.values = {n: ir.to_array(inits[n]) for n in names}
         prepared = onnx.ModelProto()
         prepared.CopyFrom(model)
         for t in prepared.graph.initializer:
@@ -113,7 +133,13 @@ class WeightSwapper:
                     entry = t.external_data.add()
                     entry.key, entry.value = key, value
                 t.data_location = onnx.TensorProto.EXTERNAL
-        self.model_bytes = prepared.SerializeToString()
+        self._folder = None  # file-backed models (over 2 GB): ORT reads a saved copy
+        if ir.is_file_backed(prepared):
+            self._folder = tempfile.TemporaryDirectory(prefix="onnx_compress_swap_")
+            self.model_bytes = os.path.join(self._folder.name, "model.onnx")
+            ir.save(prepared, self.model_bytes, external=True, check=False)
+        else:
+            self.model_bytes = prepared.SerializeToString()
         self.use_cuda = use_cuda
         self.threads = threads
 
@@ -292,3 +318,34 @@ class PrefixCache:
         swapper = self.swappers[unit]
         sess = swapper.session({k: v for k, v in overrides.items() if k in swapper.values})
         return _SuffixSession(self, unit, sess, fallback)
+
+
+# ------------------------------------------------------------------------------ timing
+def runner(model: onnx.ModelProto, feeds: dict[str, np.ndarray], use_cuda: bool = False,
+           threads: int | None = None) -> Callable[[], None]:
+    """A zero-argument callable that runs `model` once on `feeds`, for timing.
+
+    Inputs and outputs are bound once (I/O binding) to buffers that live as long as the
+    callable, on the device with CUDAExecutionProvider: a run's time is the model's, not
+    output allocation or host<->device copies. The intra-op threads stop spinning when a
+    run returns, so sessions timed in turn do not take the cores from each other
+    (spinning within a run is kept).
+    """
+    sess = session(model, use_cuda, threads, config={"session.force_spinning_stop": "1"})
+    names = [o.name for o in sess.get_outputs()]
+    shapes = [np.asarray(v) for v in sess.run(names, feeds)]  # output shapes and dtypes
+    device = "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+    binding = sess.io_binding()
+    keep = []
+    for name, value in feeds.items():
+        keep.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device, 0))
+        binding.bind_ortvalue_input(name, keep[-1])
+    for name, out in zip(names, shapes):
+        keep.append(ort.OrtValue.ortvalue_from_shape_and_type(out.shape, out.dtype, device, 0))
+        binding.bind_ortvalue_output(name, keep[-1])
+
+    def run() -> None:
+        sess.run_with_iobinding(binding)
+
+    run.keepalive = (sess, binding, keep)  # the binding reads and writes these buffers
+    return run
