@@ -21,6 +21,7 @@ from .api import (
 )
 from .errors import CompressionError, DataError, LayerError, ModelLoadError, ParameterError, ShapeError
 from .ir import save
+from .quantization import QuantizeSettings, quantize
 from .stats import CompressionStats, LayerStats, SkippedLayer
 
 __version__ = "0.1.0"
@@ -28,6 +29,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ChannelPruningParameters", "CompressionError", "CompressionScheme", "CompressionStats", "CostMetric", "DataError",
     "GreedySelectionParameters", "LayerError", "LayerStats", "ModelCompressor", "ModelLoadError",
-    "ModuleCompRatioPair", "ParameterError", "RankSelectScheme", "ShapeError", "SkippedLayer",
+    "ModuleCompRatioPair", "ParameterError", "QuantizeSettings", "quantize", "RankSelectScheme", "ShapeError", "SkippedLayer",
     "SpatialSvdParameters", "WeightSvdParameters", "compress", "compress_auto", "inspect", "save",
 ]

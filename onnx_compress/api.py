@@ -15,11 +15,11 @@ from fractions import Fraction
 
 import onnx
 
-from . import cost, ir, layers, pruning, runtime
+from . import cost, ir, latency, layers, pruning, runtime
 from . import data as data_mod
 from .errors import CompressionError, ParameterError, ShapeError
 from .select import manual
-from .stats import CompressionStats, LayerStats, SkippedLayer
+from .stats import CompressionStats, LayerStats, SkippedLayer, describe_parameters, per_layer_rows
 from .transforms import SCHEMES, apply
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
              eval_callback: Callable | None = None, eval_iterations: int | None = None,
              use_cuda: bool = False, data=None, num_reconstruction_samples: int = 2000,
              allow_custom_downsample_ops: bool = False, selection: str = "magnitude",
-             reconstruct: bool = True, seed: int = 0, data_aware: bool = True) -> tuple[onnx.ModelProto, CompressionStats]:
+             reconstruct: bool = True, seed: int = 0, data_aware: bool = True,
+             visualization=None) -> tuple[onnx.ModelProto, CompressionStats]:
     """Compress `model` with `scheme` at manually chosen per-layer ratios.
 
     model: path or ModelProto (not modified). scheme: "weight_svd", "spatial_svd",
@@ -51,13 +52,19 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     ("magnitude", the default, or "greedy" least squares), reconstruct (least-squares refit), seed.
     SVD schemes with `data`: data-aware factors (whitened by the second moment of each
     layer's sampled inputs), unless `data_aware=False`; without data, plain SVD.
+    visualization: path of an HTML report to write (see onnx_compress.report).
     Returns the compressed ModelProto and its statistics (achieved figures measured on it).
     """
+    parameters = describe_parameters(dict(locals(), function="compress"))
+    report_path = _report_path(visualization)
     steps = [_scheme_name(s) for s in (scheme if isinstance(scheme, (list, tuple)) else [scheme])]
     if not steps:
         raise ParameterError("scheme list is empty")
     step_ratios = _step_ratios(steps, ratios)
     metric = cost.check_metric(cost_metric)
+    if metric == "latency":
+        raise ParameterError("cost_metric='latency' is for auto mode (compress_auto, CLI --target): a layer's "
+                             "latency is measured, not computed, so manual ratios are 'mac' or 'memory' ratios")
     multiplicity = cost.check_multiplicity(multiplicity)
     settings = None
     if "channel_pruning" in steps or data is not None:
@@ -90,8 +97,36 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
         memory_before=first.total("memory"), memory_after=after.total("memory"),
         layers=tuple(layer_stats), skipped=tuple(skipped),
         baseline_score=baseline, final_score=final, input_dims=dict(dims),
+        per_layer=per_layer_rows(first, after, layer_stats, skipped), parameters=parameters,
     )
+    _write_report(report_path, stats)
     return current, stats
+
+
+def _report_path(visualization):
+    """The report's path, checked before any work; None when no report is asked for.
+
+    AIMET's `visualization_url` pointed at a live Bokeh server; an http(s) URL is accepted
+    for compatibility but there is no server to push to, so it is ignored with a warning.
+    """
+    if visualization is None or visualization is False:
+        return None
+    from . import report
+
+    text = str(visualization)
+    if text.startswith(("http://", "https://")):
+        log.warning("visualization=%s: live plotting servers are not supported; pass a path "
+                    "ending in .html for a self-contained report", text)
+        return None
+    report.check_path(text)
+    return text
+
+
+def _write_report(path, stats) -> None:
+    if path is not None:
+        from . import report
+
+        report.write(path, stats)
 
 
 def _data_shapes(data) -> dict[str, tuple[int, ...]] | None:
@@ -211,6 +246,7 @@ class CompressionScheme(Enum):
 class CostMetric(Enum):
     mac = "mac"
     memory = "memory"
+    latency = "latency"  # auto mode only: layers timed with ONNX Runtime (onnx_compress.latency)
 
 
 class RankSelectScheme(Enum):
@@ -328,6 +364,8 @@ class ModelCompressor:
 
         eval_callback(session, iterations, use_cuda) -> float, where session is an
         onnxruntime.InferenceSession of the candidate model; it may be None in manual mode.
+        visualization_url: a path ending in .html writes a self-contained report there
+        (AIMET's live Bokeh server URLs are accepted and ignored with a warning).
         """
         scheme = str(getattr(compress_scheme, "value", compress_scheme))
         if not isinstance(parameters, (_SvdParameters, ChannelPruningParameters)):
@@ -358,7 +396,8 @@ class ModelCompressor:
                 use_monotonic_fit=greedy_params.use_monotonic_fit,
                 saved_eval_scores_dict=greedy_params.saved_eval_scores_dict,
                 rank_select=str(getattr(rank, "value", rank)), modules_to_ignore=auto.modules_to_ignore,
-                trainer=trainer, multiplicity=parameters.multiplicity, input_shape=input_shape, **extra)
+                trainer=trainer, multiplicity=parameters.multiplicity, input_shape=input_shape,
+                visualization=visualization_url, **extra)
         if mode != "manual" or not isinstance(parameters.params, _ManualModeParams):
             raise ParameterError("manual mode needs params=ManualModeParams(list_of_module_comp_ratio_pairs)")
         if trainer is not None:
@@ -367,7 +406,8 @@ class ModelCompressor:
         ratios = _pairs_to_dict(parameters.params.list_of_module_comp_ratio_pairs)
         return compress(model, scheme, ratios, cost_metric=cost_metric,
                         multiplicity=parameters.multiplicity, input_shape=input_shape,
-                        eval_callback=eval_callback, eval_iterations=eval_iterations, **extra)
+                        eval_callback=eval_callback, eval_iterations=eval_iterations,
+                        visualization=visualization_url, **extra)
 
 
 # ------------------------------------------------------------------------- auto mode
@@ -378,7 +418,10 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
                   trainer=None, multiplicity: int = 1, input_shape=None, use_cuda: bool = False, data=None,
                   num_reconstruction_samples: int = 2000, selection: str = "magnitude", reconstruct: bool = True,
                   seed: int = 0, progress: Callable | None = None,
-                  verify_finalists: bool = True, data_aware: bool = True, reference_model=None) -> tuple[onnx.ModelProto, CompressionStats]:
+                  verify_finalists: bool = True, data_aware: bool = True, reference_model=None,
+                  visualization=None, latency_batch_size: int | None = None,
+                  allow_slower_splits: bool | None = None,
+                  latency_repeats: int = 21) -> tuple[onnx.ModelProto, CompressionStats]:
     """Auto mode: choose per-layer ratios so the model's cost ratio meets `target`.
 
     Builds the eval-score dictionary (every selected layer alone at each of the
@@ -397,14 +440,32 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     corrects the earlier step's error).
     `verify_finalists` (SVD schemes): score the selections of both objectives and of the
     threshold method on the real combined model (a few more evaluations) and keep the best.
+    `visualization`: path of an HTML report to write (see onnx_compress.report).
+
+    Latency (onnx_compress.latency): every unit's original layer and candidates are timed
+    alone with ONNX Runtime on the chosen provider (`use_cuda`) at `latency_batch_size`
+    (default: the model's batch, 1 when dynamic), the 20th percentile of up to
+    `latency_repeats` interleaved rounds (progress stage "measuring latency"). With
+    `cost_metric="latency"` those figures are the costs and `target` is a ratio of
+    *summed per-layer latency*: the model's compressible layers (Conv, Gemm, MatMul), each
+    timed alone, as the MAC ratio sums their MACs; candidates are the MAC-ratio grid (so a
+    mac dictionary serves), and the end-to-end model latency before/after is reported in
+    `stats.latency`. `allow_slower_splits`: None (default) means False under the latency
+    metric and True (nothing timed, fast) under mac/memory; False drops every candidate
+    measured slower than its original layer before scoring (pass it with mac/memory to
+    have the check there too); True keeps them. Fixed `config_list` ratios are not checked.
     """
+    parameters = describe_parameters(dict(locals(), function="compress_auto"))
+    report_path = _report_path(visualization)
     from .select import config as config_mod
     from .select import greedy, prune_units, scores_io
 
     name = _scheme_name(scheme)
     metric = cost.check_metric(cost_metric)
+    grid = "mac" if metric == "latency" else metric  # candidates (and fixed ratios) on the MAC grid
     multiplicity = cost.check_multiplicity(multiplicity)
     target_q = cost.check_ratio(target, "target_comp_ratio")
+    timer = _latency_timer(metric, latency_batch_size, allow_slower_splits, latency_repeats, use_cuda)
     if eval_callback is None:
         raise ParameterError("auto mode needs an eval_callback (or the CLI's --eval) to score candidates")
     if rank_select not in ("greedy", "tar"):
@@ -425,7 +486,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     proto = ir.load(model)
     first = layers.analyze(proto, input_shape, _data_shapes(data) if data is not None else None)
     dims = first.input_dims
-    total = first.total(metric)
+    total = first.total(grid)
     checker = pruning.check_layer if name == "channel_pruning" else SCHEMES[name].check
     eligible = [l for l in first.compressible if checker(l) is None]
     resolution = config_mod.resolve(eligible, config_list, modules_to_ignore)
@@ -434,12 +495,12 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     skipped += [SkippedLayer(n, first.find(n).op, why) for n, why in resolution.excluded.items()]
     current, layer_stats = proto, []
     if resolution.fixed:
-        current, fixed_stats, more = _run_step(current, name, dict(resolution.fixed), metric, multiplicity, dims, settings)
+        current, fixed_stats, more = _run_step(current, name, dict(resolution.fixed), grid, multiplicity, dims, settings)
         layer_stats += fixed_stats
         skipped += more
     analysis = layers.analyze(current, dims)
     if name == "channel_pruning":
-        units, left = prune_units.group_units(current, analysis, list(resolution.auto), keys, settings, metric,
+        units, left = prune_units.group_units(current, analysis, list(resolution.auto), keys, settings, grid,
                                               multiplicity)
     else:
         moments = None
@@ -449,28 +510,40 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
             targets = [analysis.find(n) for n in resolution.auto]
             moments = input_moments(current, targets, name, data, settings.num_reconstruction_samples,
                                     settings.seed, use_cuda)
-        units, left = greedy.svd_units(analysis, name, list(resolution.auto), keys, metric, multiplicity,
+        units, left = greedy.svd_units(analysis, name, list(resolution.auto), keys, grid, multiplicity,
                                        tar=rank_select == "tar", moments=moments)
     skipped += [SkippedLayer(n, analysis.find(n).op, why) for n, why in left.items()]
+    timed = None
+    if timer is not None:
+        timer.batch_size = timer.batch_size or (next(iter(dims.values()))[0] if dims else 1)
+        timed = latency.prepare(proto, current, dims, units, name, metric, timer,
+                                allow_slower=allow_slower_splits is True)
+        units = timed.units
+        skipped += [SkippedLayer(n, analysis.find(n).op, why) for n, why in timed.gone.items()]
     digest = scores_io.model_digest(current.SerializeToString())
     scheme_key = name if rank_select == "greedy" else f"{name}/tar"
     if name != "channel_pruning" and settings is not None and settings.data_aware:
         scheme_key += "/data-aware"
     if saved_eval_scores_dict is not None:
         table = scores_io.load(saved_eval_scores_dict)
-        scores_io.check_matches(table, digest, scheme_key, metric, keys, [u.name for u in units])
+        scores_io.check_matches(table, digest, scheme_key, grid, keys, [u.name for u in units])
         dictionary = greedy.from_table(table)
         dictionary.loaded_from = str(saved_eval_scores_dict)
     else:
         dictionary = greedy.build_dictionary(current, units, eval_callback, eval_iterations, use_cuda,
                                              workers=workers, progress=progress)
     if scores_out is not None:
-        scores_io.save(greedy.to_table(dictionary, digest, scheme_key, metric, keys), scores_out)
-    current_total = analysis.total(metric)
+        scores_io.save(greedy.to_table(dictionary, digest, scheme_key, grid, keys), scores_out)
+    current_total = analysis.total(grid)
+    measure = None
+    if metric == "latency":
+        total, current_total = timed.total, timed.current_total
+        measure = _latency_measure(name, current, dims, timer)
     chosen, out, step_stats, more = _select_and_apply(
         units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit,
-        name, metric, multiplicity, dims, settings, trainer,
-        verify=(eval_callback, eval_iterations, use_cuda) if verify_finalists else None)
+        name, grid, multiplicity, dims, settings, trainer,
+        verify=(eval_callback, eval_iterations, use_cuda) if verify_finalists else None, measure=measure,
+        exact=timed.estimator() if measure is not None and name == "channel_pruning" else None)
     layer_stats += step_stats
     skipped += more
     final = runtime.evaluate(out, eval_callback, eval_iterations, use_cuda)
@@ -490,11 +563,48 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
         memory_before=first.total("memory"), memory_after=after.total("memory"), layers=tuple(layer_stats),
         skipped=tuple(_dedupe(skipped)), baseline_score=dictionary.baseline, final_score=final,
         input_dims=dict(dims), selection=selection_info,
+        per_layer=per_layer_rows(first, after, layer_stats, _dedupe(skipped)), parameters=parameters,
+        latency=_latency_summary(timed, proto, out, dims, chosen, total, measure, allow_slower_splits is True),
     )
+    _write_report(report_path, stats)
     return out, stats
 
 
-def _exact_goal(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit, metric, dims):
+def _latency_timer(metric, batch_size, allow_slower_splits, repeats, use_cuda):
+    """A latency timer when auto mode times layers (latency metric or the slower-split check)."""
+    batch_size = latency.check_batch_size(batch_size)
+    if allow_slower_splits not in (None, True, False):
+        raise ParameterError(f"allow_slower_splits must be None, True or False, got {allow_slower_splits!r}")
+    if metric != "latency" and allow_slower_splits is not False:
+        if batch_size is not None:
+            log.warning("latency_batch_size has no effect: nothing is timed unless cost_metric='latency' "
+                        "or allow_slower_splits=False")
+        return None
+    return latency.Timer(batch_size=batch_size or 0, use_cuda=use_cuda, repeats=repeats)
+
+
+def _latency_measure(name, current, dims, timer):
+    """The achieved cost under the latency metric: SVD, the selection's own sum (each split
+    as measured); channel pruning, the pruned model's layers timed (upstream savings included),
+    each relative to the same layer of `current`."""
+    reference = latency.layer_variants(current, dims, timer.batch_size) if name == "channel_pruning" else None
+    if name == "channel_pruning":
+        return lambda out, chosen: latency.model_total(out, dims, timer, reference)[0]
+    return lambda out, chosen: chosen.cost
+
+
+def _latency_summary(timed, proto, out, dims, chosen, total, measure, allow_slower):
+    """The statistics' latency section: per-layer sums (latency metric) and end to end."""
+    if timed is None:
+        return None
+    after = measure(out, chosen) if measure is not None else None
+    model = latency.end_to_end([proto, out], dims, timed.timer)
+    return latency.summary(timed.timer, timed.lat, timed.dropped, total if measure else None, after, model,
+                           allow_slower=allow_slower)
+
+
+def _exact_goal(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit, metric, dims,
+                exact=None):
     """The largest budget whose selection's *exact* model cost meets the target.
 
     Channel-pruning unit costs leave out upstream savings, so the selection under the
@@ -503,7 +613,11 @@ def _exact_goal(units, dictionary, current, current_total, total, target_q, meth
     """
     from .select import greedy, prune_units
 
-    costs = prune_units.layer_costs(layers.analyze(current, dims), metric)
+    if exact is None:  # `exact(choices)`: the model's cost of a selection (latency: an estimate)
+        costs = prune_units.layer_costs(layers.analyze(current, dims), metric)
+
+        def exact(choices):
+            return prune_units.exact_cost(units, choices, costs)
 
     def fits(goal) -> bool:
         try:
@@ -511,7 +625,7 @@ def _exact_goal(units, dictionary, current, current_total, total, target_q, meth
         except ParameterError:
             return False
         choices = {u: o.ratio for u, o in sel.choices.items()}
-        return Fraction(prune_units.exact_cost(units, choices, costs), total) <= target_q
+        return Fraction(exact(choices), total) <= target_q
 
     if not fits(target_q):
         return None
@@ -572,13 +686,15 @@ def _verified_choice(units, dictionary, current, current_total, total, target_q,
 
 
 def _select_and_apply(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit,
-                      name, metric, multiplicity, dims, settings, trainer, verify=None):
+                      name, metric, multiplicity, dims, settings, trainer, verify=None, measure=None, exact=None):
     """Choose and apply; for channel pruning, correct toward the target with measurements.
 
     SVD unit costs are exact. Channel-pruning unit costs are an upper bound (upstream
     savings are not counted), so the measured ratio can fall short of the target: the
     budget is then relaxed by the shortfall and the selection repeated (a few times),
-    keeping the best-scoring result that meets the target.
+    keeping the best-scoring result that meets the target. `measure(out, chosen)`: the
+    achieved cost when it is not the layers' MACs/memory (latency); `exact(choices)`: the
+    model's cost of a channel-pruning selection (default: exact MACs/memory).
     """
     from .select import greedy
 
@@ -589,21 +705,28 @@ def _select_and_apply(units, dictionary, current, current_total, total, target_q
         ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in chosen.choices.items() if opt.ratio != 1.0}
         out, step_stats, more = _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
         return chosen, out, step_stats, more
-    if name == "channel_pruning" and units and all(u.effects is not None for u in units):
+    if (name == "channel_pruning" and (measure is None or exact is not None) and units
+            and all(u.effects is not None for u in units)):
         goal = _exact_goal(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit,
-                           metric, dims)
+                           metric, dims, exact)
         if goal is not None:
             chosen = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit)
             ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in chosen.choices.items() if opt.ratio != 1.0}
             out, step_stats, more = _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
-            if Fraction(layers.analyze(out, dims).total(metric), total) <= target_q:
+            cost_after = measure(out, chosen) if measure else layers.analyze(out, dims).total(metric)
+            if Fraction(cost_after, total) <= target_q:
                 return chosen, out, step_stats, more
     goal, best, tries = target_q, None, (4 if name == "channel_pruning" and trainer is None else 1)
     for _ in range(tries):
-        chosen = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit)
+        try:
+            chosen = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit)
+        except ParameterError:  # a corrected goal below reach: keep what was measured so far
+            if goal == target_q:
+                raise
+            break
         ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in chosen.choices.items() if opt.ratio != 1.0}
         out, step_stats, more = _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
-        achieved = Fraction(layers.analyze(out, dims).total(metric), total)
+        achieved = Fraction(measure(out, chosen) if measure else layers.analyze(out, dims).total(metric), total)
         if achieved <= target_q and (best is None or chosen.expected_score > best[0].expected_score):
             best = (chosen, out, step_stats, more)
         gap = target_q - achieved

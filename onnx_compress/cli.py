@@ -1,4 +1,4 @@
-"""Command line: onnx-compress inspect | compress | eval.
+"""Command line: onnx-compress inspect | compress | quantize | eval | report.
 
 Every user error prints one line, `onnx-compress: error: ...`, and exits with status 2;
 no traceback, no output file left behind, the input never modified.
@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
 from . import __version__, api, evaluators, files, ir, runtime
+from . import progress as progress_mod
 from .errors import CompressionError, ParameterError
 
 log = logging.getLogger("onnx_compress")
@@ -67,18 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details (and tracebacks)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors and results")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # the same flags after the command name (SUPPRESS: an absent flag keeps the global value)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress details (and tracebacks)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars; print only errors and results")
 
     shape_help = ("fix a dynamic input's shape for the cost model, e.g. input=1,3,224,224 "
                   "(repeat for several inputs; a dynamic batch dim defaults to 1)")
 
-    ins = sub.add_parser("inspect", help="list layers with MACs, memory and eligibility",
+    ins = sub.add_parser("inspect", parents=[common], help="list layers with MACs, memory and eligibility",
                          description="Print every layer: op, weight shape, MACs, weights, share of "
                                      "the total, and which schemes apply (or why not).")
     ins.add_argument("model", help="input .onnx file")
     ins.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help=shape_help)
     ins.add_argument("--json", action="store_true", help="print the table as JSON")
 
-    com = sub.add_parser("compress", help="compress a model and write it",
+    com = sub.add_parser("compress", parents=[common], help="compress a model and write it",
                          description="Compress layers by weight SVD, spatial SVD or channel pruning "
                                      "(or a pipeline of them) at per-layer ratios (cost after / cost "
                                      "before). Writes OUT atomically and prints the statistics.")
@@ -98,8 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "value for all steps, or one per step)")
     com.add_argument("--multiplicity", type=int, default=1, metavar="M",
                      help="round ranks down to multiples of M (never to 0; default 1)")
-    com.add_argument("--metric", choices=("mac", "memory"), default="mac",
-                     help="cost metric the ratios refer to (default mac)")
+    com.add_argument("--metric", choices=("mac", "memory", "latency"), default="mac",
+                     help="cost metric the ratios refer to (default mac); latency (auto mode only): each "
+                          "layer timed alone with ONNX Runtime, the target a ratio of their summed latency")
+    com.add_argument("--latency-batch", type=int, default=None, metavar="N",
+                     help="auto mode: batch size layers are timed at (default: the model's, 1 when dynamic)")
+    slower = com.add_mutually_exclusive_group()
+    slower.add_argument("--allow-slower-splits", dest="allow_slower_splits", action="store_const", const=True,
+                        default=None, help="auto mode: keep candidates measured slower than the original "
+                                           "layer (dropped by default under --metric latency)")
+    slower.add_argument("--drop-slower-splits", dest="allow_slower_splits", action="store_const", const=False,
+                        help="auto mode with --metric mac/memory: time the layers and drop candidates "
+                             "measured slower than the original layer")
     com.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...", help=shape_help)
     com.add_argument("--stats", metavar="STATS.json", help="also write the statistics as JSON")
     com.add_argument("--eval-data", metavar="E.npz",
@@ -143,13 +161,50 @@ def build_parser() -> argparse.ArgumentParser:
     com.add_argument("--external-data", action="store_true",
                      help="write weights to OUT.data beside the model (automatic above 2 GB "
                           "or when the input model uses external data)")
+    com.add_argument("--report", metavar="REPORT.html",
+                     help="write a self-contained HTML report: summary, per-layer costs, score "
+                          "curves, chosen ratios, skipped layers, the command")
+    com.add_argument("--quantize", choices=("int8",), default=None,
+                     help="then quantize the compressed model (ONNX Runtime static QDQ, calibrated "
+                          "on --data); OUT is the quantized model")
+    _quant_options(com)
 
-    ev = sub.add_parser("eval", help="top-1 accuracy of a model on labelled data",
+    qu = sub.add_parser("quantize", parents=[common], help="quantize a model to int8 QDQ (ONNX Runtime static)",
+                        description="Static int8 quantization with QuantizeLinear/DequantizeLinear pairs, "
+                                    "activation ranges calibrated on D.npz. Prints file size and accuracy "
+                                    "(with --eval-data) before and after.")
+    qu.add_argument("model", help="input .onnx file (never modified)")
+    qu.add_argument("-o", "--output", required=True, help="output .onnx file")
+    qu.add_argument("--data", required=True, metavar="CALIB.npz", help="calibration data (inputs by name)")
+    qu.add_argument("--eval-data", metavar="E.npz", help="labelled data: report top-1 accuracy before/after")
+    qu.add_argument("--cuda", action="store_true", help="calibrate with CUDAExecutionProvider if available")
+    qu.add_argument("--report", metavar="REPORT.html", help="write an HTML report of the step")
+    _quant_options(qu)
+
+    rep = sub.add_parser("report", parents=[common], help="HTML report from a saved statistics JSON",
+                         description="Render the HTML report of a run from the JSON that --stats wrote.")
+    rep.add_argument("stats", help="statistics JSON written by `compress --stats`")
+    rep.add_argument("-o", "--output", required=True, metavar="REPORT.html", help="output .html file")
+
+    ev = sub.add_parser("eval", parents=[common], help="top-1 accuracy of a model on labelled data",
                         description="Evaluate MODEL on an .npz holding its inputs by name and 'labels'.")
     ev.add_argument("model", help=".onnx file")
     ev.add_argument("--data", required=True, metavar="D.npz", help="labelled data")
     ev.add_argument("--cuda", action="store_true", help="use CUDAExecutionProvider if available")
     return p
+
+
+def _quant_options(parser) -> None:
+    group = parser.add_argument_group("quantization")
+    group.add_argument("--calibration", choices=("minmax", "entropy", "percentile"), default="minmax",
+                       help="how activation ranges are calibrated (default minmax)")
+    group.add_argument("--calibration-batches", type=int, default=None, metavar="B",
+                       help="calibrate on at most B batches of 64 (default: all of --data)")
+    group.add_argument("--per-tensor", action="store_true",
+                       help="one scale per weight tensor instead of per output channel")
+    group.add_argument("--reduce-range", action="store_true",
+                       help="7-bit weights: avoids int8 saturation in ORT's kernels on x86 CPUs without "
+                            "VNNI (leave off for targets with real int8 arithmetic)")
 
 
 # --------------------------------------------------------------------------- commands
@@ -206,16 +261,85 @@ def _check_scheme(name: str) -> None:
         raise ParameterError(f"--scheme: unknown scheme {name!r}; expected one of {', '.join(SCHEME_NAMES)}")
 
 
-def _write_outputs(args, model, stats) -> None:
-    """The model first (the step that can fail on a bad model), then the statistics."""
+def _command_line(argv) -> str:
+    return "onnx-compress " + shlex.join(argv)
+
+
+def _quant_settings(args):
+    from .quantization import QuantizeSettings
+
+    return QuantizeSettings(per_channel=not args.per_tensor, calibrate_method=args.calibration,
+                            max_batches=args.calibration_batches, reduce_range=args.reduce_range,
+                            use_cuda=args.cuda).check()
+
+
+def _finish(args, model, stats, callback, steps: list[dict]) -> dict | None:
+    """Optionally quantize, then write the model, the statistics and the report (in that order).
+
+    The model is written first (the step that can fail on a bad model), so a failure leaves
+    no statistics or report behind. Returns the quantization row of `steps`, if any.
+    """
+    from . import quantization as quant_mod
+
+    quant_row = None
+    if args.quantize:
+        qmodel = quant_mod.quantize(model, args.data, _quant_settings(args))
+        score = runtime.evaluate(qmodel, callback, args.eval_iterations, args.cuda) if callback else None
+        quant_row = {"step": "quantized (int8 QDQ)", "score": score, "mac_ratio": stats.mac_ratio}
+        model = qmodel
     external = True if args.external_data or ir.uses_external_data(args.model) else None
     ir.save(model, args.output, external=external)
+    if quant_row is not None:
+        quant_row["bytes"] = quant_mod.file_size(args.output)
+        steps.append(quant_row)
     if args.stats:
-        files.write_text(args.stats, stats.to_json())
+        payload = stats.to_dict()
+        payload["pipeline"] = steps
+        payload["command"] = args.command_line
+        files.write_text(args.stats, json.dumps(payload, indent=2))
+    if args.report:
+        from . import report
+
+        report.write(args.report, stats, command=args.command_line, steps=steps)
+    return quant_row
+
+
+def _steps(args, model_bytes: int, stats) -> list[dict]:
+    from .quantization import file_size
+
+    return [
+        {"step": "original", "score": stats.baseline_score, "bytes": file_size(args.model), "mac_ratio": 1.0},
+        {"step": f"compressed ({stats.scheme})", "score": stats.final_score, "bytes": model_bytes,
+         "mac_ratio": stats.mac_ratio},
+    ]
+
+
+def _print_steps(steps: list[dict], what: str) -> None:
+    print(f"\n{'step':<28} {what:>10} {'size':>12} {'MAC ratio':>10}")
+    for st in steps:
+        score = "-" if st.get("score") is None else f"{st['score']:.4f}"
+        ratio = "-" if st.get("mac_ratio") is None else f"{st['mac_ratio']:.4f}"
+        print(f"{st['step']:<28} {score:>10} {st['bytes']:>12,} {ratio:>10}")
+
+
+def _check_common(args) -> None:
+    _check_output(args.model, args.output, args.stats or "", getattr(args, "scores_out", None) or "")
+    if args.report:
+        from . import report
+
+        report.check_path(args.report)
+    if args.quantize:
+        if not args.data:
+            raise ParameterError("--quantize calibrates on --data CALIB.npz; pass it")
+        _quant_settings(args)
+
+
+def _model_bytes(model) -> int:
+    return ir.model_bytes(model)
 
 
 def cmd_compress(args) -> int:
-    _check_output(args.model, args.output, args.stats, args.scores_out or "")
+    _check_common(args)
     if args.target is not None:
         return _compress_auto(args)
     schemes = [s.strip() for s in args.scheme.split(",") if s.strip()]
@@ -236,22 +360,25 @@ def cmd_compress(args) -> int:
     model, stats = api.compress(
         args.model, schemes if len(schemes) > 1 else schemes[0], ratios, cost_metric=args.metric,
         multiplicity=args.multiplicity, input_shape=_parse_shapes(args.input_shape),
-        eval_callback=callback, use_cuda=args.cuda, data=args.data,
+        eval_callback=callback, eval_iterations=args.eval_iterations, use_cuda=args.cuda, data=args.data,
         num_reconstruction_samples=args.samples, selection=args.selection,
         reconstruct=not args.no_reconstruction, seed=args.seed,
         allow_custom_downsample_ops=args.allow_downsample,
     )
-    _write_outputs(args, model, stats)
+    steps = _steps(args, _model_bytes(model), stats)
+    _finish(args, model, stats, callback, steps)
     if not args.quiet:
         print(stats)
-    print(f"wrote {args.output}" + (f" and {args.stats}" if args.stats else ""))
+    print(f"wrote {args.output}" + (f" and {args.stats}" if args.stats else "")
+          + (f"; report {args.report}" if args.report else ""))
     if stats.baseline_score is not None:
         print(f"top-1 accuracy on {args.eval_data}: {stats.baseline_score:.4f} -> {stats.final_score:.4f}")
+    if args.quantize or not args.quiet:
+        _print_steps(steps, "accuracy" if callback else "score")
     return 0
 
 
 def _compress_auto(args) -> int:
-    from .progress import Bar
     from .select.config import load_config
 
     if "," in args.scheme:
@@ -267,7 +394,6 @@ def _compress_auto(args) -> int:
     callback = evaluators.accuracy(eval_data) if kind == "accuracy" else evaluators.fidelity(eval_data)
     config = load_config(args.config) if args.config else None
     ignore = [n.strip() for n in args.ignore.split(",") if n.strip()] if args.ignore else None
-    progress = None if args.quiet else Bar("eval-score dictionary")
     model, stats = api.compress_auto(
         args.model, args.scheme, args.target, callback, args.eval_iterations, cost_metric=args.metric,
         candidates=args.candidates, use_monotonic_fit=args.monotonic_fit, method=args.solver,
@@ -275,17 +401,70 @@ def _compress_auto(args) -> int:
         saved_eval_scores_dict=args.scores_in, scores_out=args.scores_out, workers=args.workers,
         multiplicity=args.multiplicity, input_shape=_parse_shapes(args.input_shape), use_cuda=args.cuda,
         data=args.data, num_reconstruction_samples=args.samples, selection=args.selection,
-        reconstruct=not args.no_reconstruction, seed=args.seed, progress=progress,
+        reconstruct=not args.no_reconstruction, seed=args.seed,
+        latency_batch_size=args.latency_batch, allow_slower_splits=args.allow_slower_splits,
     )
-    _write_outputs(args, model, stats)
+    steps = _steps(args, _model_bytes(model), stats)
+    _finish(args, model, stats, callback, steps)
     sel = stats.selection
     if not args.quiet:
         print(stats)
         print(f"\nselection: {sel['method']}, {sel['evaluations']} evaluations in {sel['dictionary_seconds']:.1f}s "
               f"({sel['eval_seconds']:.1f}s inside the evaluator), expected score {sel['expected_score']:.4f}")
-    print(f"wrote {args.output}" + (f" and {args.stats}" if args.stats else ""))
+    print(f"wrote {args.output}" + (f" and {args.stats}" if args.stats else "")
+          + (f"; report {args.report}" if args.report else ""))
+    achieved = f"MAC ratio {stats.mac_ratio:.4f}"
+    if stats.latency and stats.latency.get("layers_ratio") is not None:
+        achieved = f"latency ratio {stats.latency['layers_ratio']:.4f} (summed per layer), " + achieved
     print(f"{kind} on {eval_data}: {stats.baseline_score:.4f} -> {stats.final_score:.4f} "
-          f"at MAC ratio {stats.mac_ratio:.4f} (target {args.target})")
+          f"at {achieved} (target {args.target})")
+    if args.quantize or not args.quiet:
+        _print_steps(steps, kind)
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from . import quantization as quant_mod
+
+    _check_output(args.model, args.output)
+    if args.report:
+        from . import report
+
+        report.check_path(args.report)
+    settings = _quant_settings(args)
+    original = ir.load(args.model)
+    callback = evaluators.accuracy(args.eval_data) if args.eval_data else None
+    before = runtime.evaluate(original, callback, None, args.cuda) if callback else None
+    qmodel = quant_mod.quantize(original, args.data, settings)
+    after = runtime.evaluate(qmodel, callback, None, args.cuda) if callback else None
+    ir.save(qmodel, args.output, external=True if ir.uses_external_data(args.model) else None)
+    steps = [{"step": "original", "score": before, "bytes": quant_mod.file_size(args.model), "mac_ratio": None},
+             {"step": "quantized (int8 QDQ)", "score": after, "bytes": quant_mod.file_size(args.output),
+              "mac_ratio": None}]
+    if args.report:
+        from . import report
+        from .stats import CompressionStats
+
+        analysis = api.inspect(original)
+        stats = CompressionStats(scheme="quantize (int8 QDQ)", cost_metric="-", mac_before=None, mac_after=None,
+                                 memory_before=analysis.total("memory"), memory_after=analysis.total("memory"),
+                                 baseline_score=before, final_score=after, input_dims=dict(analysis.input_dims),
+                                 parameters={"model": args.model, "data": args.data, **vars(settings)})
+        report.write(args.report, stats, command=args.command_line, steps=steps)
+    print(f"wrote {args.output}" + (f"; report {args.report}" if args.report else ""))
+    _print_steps(steps, "accuracy" if callback else "score")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from . import report
+
+    _check_output(args.stats, args.output)
+    payload = files.read_json(args.stats, "statistics")
+    if not isinstance(payload, dict) or "scheme" not in payload or "per_layer" not in payload:
+        raise ParameterError(f"{args.stats}: not a statistics JSON written by `onnx-compress compress --stats`")
+    report.write(args.output, payload, command=payload.get("command"), steps=payload.get("pipeline"))
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -296,16 +475,20 @@ def cmd_eval(args) -> int:
     return 0
 
 
-COMMANDS = {"inspect": cmd_inspect, "compress": cmd_compress, "eval": cmd_eval}
+COMMANDS = {"inspect": cmd_inspect, "compress": cmd_compress, "quantize": cmd_quantize, "eval": cmd_eval,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = _command_line(argv)
     level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     try:
-        return COMMANDS[args.command](args)
+        with progress_mod.listen(None if args.quiet else progress_mod.Bars()):
+            return COMMANDS[args.command](args)
     except CompressionError as exc:
         print(f"onnx-compress: error: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from fractions import Fraction
 
 from .errors import ParameterError
 
-METRICS = ("mac", "memory")
+METRICS = ("mac", "memory", "latency")  # latency: measured (onnx_compress.latency), auto mode only
 
 
 def as_fraction(ratio: float | int | str | Fraction) -> Fraction:

@@ -24,6 +24,7 @@ import onnx
 
 from . import data as data_mod
 from . import ir, layers, runtime
+from . import progress as progress_mod
 from .errors import DataError, ParameterError
 from .stats import LayerStats, SkippedLayer
 from .transforms import depgraph, reconstruct, svd
@@ -128,7 +129,11 @@ class Sampler:
     def _run(self, model: onnx.ModelProto, names: list[str]) -> dict[str, list[np.ndarray]]:
         """Tensors `names` of `model` on every batch, from one session and one run per batch."""
         sess = runtime.session(model, self.settings.use_cuda, extra_outputs=names)
-        runs = [sess.run(names, feed) for feed in self.feeds]
+        runs = []
+        for i, feed in enumerate(self.feeds):
+            progress_mod.update("sampling activations", i, len(self.feeds))
+            runs.append(sess.run(names, feed))
+        progress_mod.update("sampling activations", len(self.feeds), len(self.feeds))
         return {name: [r[k] for r in runs] for k, name in enumerate(names)}
 
 
@@ -229,11 +234,14 @@ def prune(proto: onnx.ModelProto, ratios: dict[str, Fraction], settings: PruneSe
     for step, name in enumerate(order):
         if progress:
             progress(step, len(order), name)
+        progress_mod.update("compressing layers", step, len(order))
+        log.info("channel pruning: layer %d/%d %s", step + 1, len(order), name)
         result = _prune_one(state, sampler, name, ratios[name], settings, input_dims, multiplicity, rng, named)
         if isinstance(result, SkippedLayer):
             skipped.append(result)
         else:
             stats.append(result)
+    progress_mod.update("compressing layers", len(order), len(order))
     return state.model, stats, skipped
 
 

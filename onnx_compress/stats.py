@@ -51,6 +51,15 @@ class CompressionStats:
     final_score: float | None = None
     input_dims: dict = field(default_factory=dict)
     selection: dict | None = None
+    # every layer of the original model in graph order: costs before/after (measured on the
+    # compressed model, upstream channel savings included), status and reason
+    per_layer: tuple[dict, ...] = ()
+    # the call's parameters, to reproduce the run (values that are not JSON shown by repr)
+    parameters: dict = field(default_factory=dict)
+    # auto mode when layers were timed (cost_metric "latency" or the slower-split check):
+    # batch size, provider, per-layer-sum and end-to-end latency (ns) before/after, per-unit
+    # timings, dropped candidates (onnx_compress.latency.summary)
+    latency: dict | None = None
 
     @property
     def mac_ratio(self) -> float | None:
@@ -96,6 +105,8 @@ def format_stats(s: CompressionStats) -> str:
         f"MACs:   {_num(s.mac_before)} -> {_num(s.mac_after)}  (ratio {mac_ratio})",
         f"memory: {_num(s.memory_before)} -> {_num(s.memory_after)} weights  (ratio {s.memory_ratio:.4f})",
     ]
+    if s.latency:
+        lines.extend(_latency_lines(s.latency))
     if s.baseline_score is not None or s.final_score is not None:
         lines.append(f"eval score: {_score(s.baseline_score)} -> {_score(s.final_score)}")
     if s.layers:
@@ -114,3 +125,104 @@ def format_stats(s: CompressionStats) -> str:
         lines.append("skipped:")
         lines.extend(f"  {k.name} ({k.op}): {k.reason}" for k in s.skipped)
     return "\n".join(lines)
+
+
+def _latency_lines(lat: dict) -> list[str]:
+    where = f"batch {lat['batch_size']}, {lat['provider']}"
+    lines = []
+    for label, key in (("layers", "layers"), ("model", "model")):
+        before, after = lat.get(f"{key}_before"), lat.get(f"{key}_after")
+        if before and after is not None:
+            what = "sum of layers timed alone" if key == "layers" else "end to end"
+            lines.append(f"latency {label}: {before / 1e3:.1f} -> {after / 1e3:.1f} us  (ratio "
+                         f"{after / before:.4f}; {what}, {where})")
+    dropped = sum(len(v) for v in lat.get("dropped", {}).values())
+    if dropped:
+        lines.append(f"latency check: {dropped} candidate(s) measured slower than their layer were dropped ({where})")
+    return lines
+
+
+def per_layer_rows(before, after, layer_stats, skipped) -> tuple[dict, ...]:
+    """One row per layer of `before` (an Analysis) in graph order.
+
+    A layer's "after" cost sums the layers of `after` that descend from it: itself (kept
+    name) and the nodes its splits created (`LayerStats.new_nodes`, followed through a
+    pipeline's later steps). `ratio` is its MACs after / before (memory where MACs are
+    unknown); pruning upstream makes it fall below 1.0 for layers not compressed themselves.
+    """
+    created: dict[str, list[str]] = {}
+    compressed: dict[str, list] = {}
+    for ls in layer_stats:
+        created.setdefault(ls.name, []).extend(n for n in ls.new_nodes if n != ls.name)
+        compressed.setdefault(ls.name, []).append(ls)
+    reasons = {k.name: k.reason for k in skipped}
+    found = {layer.name: layer for layer in after.layers}
+
+    def descendants(name: str, seen: set) -> list[str]:
+        out = [name]
+        for child in created.get(name, ()):
+            if child not in seen:
+                seen.add(child)
+                out += descendants(child, seen)
+        return out
+
+    rows = []
+    for layer in before.layers:
+        names = descendants(layer.name, {layer.name})
+        parts = [found[n] for n in names if n in found]
+        mac_after = sum(p.mac or 0 for p in parts) if layer.mac is not None and all(p.mac is not None for p in parts) else None
+        mem_after = sum(p.memory for p in parts)
+        steps = []
+        for n in names:
+            steps += compressed.get(n, [])
+        if layer.mac:
+            ratio = mac_after / layer.mac if mac_after is not None else None
+        else:
+            ratio = mem_after / layer.memory if layer.memory else None
+        if steps:
+            status = "compressed"
+        elif ratio is not None and ratio < 1.0:
+            status = "reduced"  # pruned through a neighbour: a consumer or its channel group
+        elif layer.name in reasons or layer.reason:
+            status = "skipped"
+        else:
+            status = "unchanged"
+        rows.append({
+            "name": layer.name, "op": layer.op,
+            "mac_before": layer.mac, "mac_after": mac_after,
+            "memory_before": layer.memory, "memory_after": mem_after,
+            "ratio": ratio,
+            "status": status,
+            "schemes": [ls.scheme for ls in steps],
+            "requested": [ls.requested_ratio for ls in steps],
+            "reason": reasons.get(layer.name) or layer.reason,
+        })
+    return tuple(rows)
+
+
+def describe_parameters(values: dict) -> dict:
+    """JSON-safe copy of a call's parameters: paths and numbers as they are, others by repr."""
+    import enum
+    import numbers
+    import os
+
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, enum.Enum):
+            value = value.value
+        if isinstance(value, numbers.Rational) and not isinstance(value, (bool, int)):
+            value = float(value)
+        if value is None or isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        elif isinstance(value, os.PathLike):
+            out[key] = os.fspath(value)
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+            out[key] = list(value)
+        elif isinstance(value, dict) and all(isinstance(v, (bool, int, float, str)) for v in value.values()):
+            out[key] = {str(k): v for k, v in value.items()}
+        elif callable(value):
+            out[key] = getattr(value, "__qualname__", None) or repr(value)
+        else:
+            text = repr(value)
+            out[key] = text if len(text) <= 200 else f"<{type(value).__name__}>"
+    return out

@@ -38,12 +38,14 @@ def _bash(command: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_main_command_runs_auto_mode_and_prints_accuracy(workdir):
     main = blocks("bash")[0].strip()
-    assert main.startswith("pip install -e . && ")
-    r = _bash(main[len("pip install -e . && "):], workdir)
+    install = 'pip install -e ".[report]" && '
+    assert main.startswith(install)
+    r = _bash(main[len(install):], workdir)
     assert r.returncode == 0, r.stderr
     line = next(l for l in r.stdout.splitlines() if l.startswith("accuracy on"))
     assert "(target 0.5)" in line
     assert float(line.split("MAC ratio ")[1].split()[0]) <= 0.5
+    assert (workdir / "out" / "resnet_auto.html").stat().st_size > 50_000
 
 
 def test_manual_loop_on_all_reference_models(workdir):

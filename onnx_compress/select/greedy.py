@@ -26,6 +26,7 @@ from fractions import Fraction
 import numpy as np
 import onnx
 
+from .. import progress as progress_mod
 from .. import runtime
 from ..cost import RankCost, rank_for_ratio
 from ..errors import ParameterError
@@ -167,6 +168,7 @@ def build_dictionary(proto: onnx.ModelProto, units: list[Unit], eval_callback, i
         timing["eval"] += time.perf_counter() - t1
         return float(value)
 
+    progress_mod.update("eval-score dictionary", 0, sum(len(u.candidates) for u in units))
     baseline = score(cache.recording_session if cache else swapper.session)
     tasks = [(u, c) for u in units for c in u.candidates]
     results: dict[str, dict[float, float]] = {u.name: {} for u in units}
@@ -186,6 +188,7 @@ def build_dictionary(proto: onnx.ModelProto, units: list[Unit], eval_callback, i
         results[name][key] = value
         if progress:
             progress(done, len(tasks))
+        progress_mod.update("eval-score dictionary", done, len(tasks))
     return Dictionary(baseline=baseline, scores=results, evaluations=len(tasks) + 1,
                       seconds=time.perf_counter() - t0, eval_seconds=timing["eval"],
                       session_seconds=timing["session"])

@@ -18,7 +18,7 @@ from fractions import Fraction
 import numpy as np
 import onnx
 
-from .. import ir, layers, pruning
+from .. import ir, layers, progress, pruning
 from ..transforms import depgraph, reconstruct
 from .greedy import Candidate, Unit
 
@@ -39,7 +39,8 @@ def group_units(proto: onnx.ModelProto, analysis: layers.Analysis, names: list[s
     costs = layer_costs(analysis, metric)
     units, skipped = [], {}
     order = [l.name for l in analysis.layers if l.name in set(names)]
-    for name in order:
+    for step, name in enumerate(order):
+        progress.update("channel-pruning candidates", step, len(order))
         layer = analysis.find(name)
         if name in covered:
             skipped[name] = f"pruned with the channel group of '{covered[name]}'"
@@ -66,6 +67,7 @@ def group_units(proto: onnx.ModelProto, analysis: layers.Analysis, names: list[s
             skipped[name] = "no candidate ratio removes a channel"
         else:
             units.append(unit)
+    progress.update("channel-pruning candidates", len(order), len(order))
     return units, skipped
 
 

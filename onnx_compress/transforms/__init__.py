@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .. import ir
+from .. import ir, progress
 from ..cost import RankCost
 from ..layers import Analysis, Layer
 from . import svd
@@ -49,8 +49,10 @@ def apply(analysis: Analysis, scheme: RankScheme, plans: list[RankPlan],
     opset = ir.opset(analysis.proto)
     taken = ir.all_names(analysis.graph)
     new_nodes = {}
-    for plan in plans:
+    for step, plan in enumerate(plans):
+        progress.update("compressing layers", step, len(plans))
         layer = plan.layer
         specs = scheme.specs(layer, plan.rank, opset, (moments or {}).get(layer.name))
         new_nodes[layer.name] = ir.replace_with_chain(layer.graph, layer.node, specs, layer.name, taken)
+    progress.update("compressing layers", len(plans), len(plans))
     return new_nodes
