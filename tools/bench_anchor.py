@@ -52,13 +52,16 @@ def paths(model: str) -> tuple[Path, Path, Path]:
     return ROOT / "models" / f"{model}.onnx", ROOT / "models/digits32_calib.npz", ROOT / "models/digits32_test.npz"
 
 
+USE_CUDA = False  # --cuda: every session (scoring, sampling, latency) on CUDAExecutionProvider
+
+
 def latency_ratio(original, compressed, batch: int, rounds: int = 30) -> float:
     """Median of compressed/original run times, runs interleaved, 2 intra-op threads."""
     def make(model):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 2
         opts.log_severity_level = 3
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=runtime.providers(USE_CUDA))
 
     a, b = make(original), make(compressed)
     name = a.get_inputs()[0].name
@@ -80,7 +83,7 @@ def one_run(model: str, scheme: str, target: float, **options) -> dict:
     path, calib, test = paths(model)
     evaluate = accuracy(test)
     first = oc.inspect(path).compressible[0].name
-    extra = dict(data=calib, num_reconstruction_samples=500, modules_to_ignore=[first])
+    extra = dict(data=calib, num_reconstruction_samples=500, modules_to_ignore=[first], use_cuda=USE_CUDA)
     extra.update(options)
     t0 = time.perf_counter()
     if scheme == "pipeline":
@@ -97,9 +100,9 @@ def one_run(model: str, scheme: str, target: float, **options) -> dict:
         evals, dict_s = st.selection["evaluations"], st.selection["dictionary_seconds"]
     seconds = time.perf_counter() - t0
     original = oc.ir.load(path)
-    sess = runtime.session(original)
+    sess = runtime.session(original, use_cuda=USE_CUDA)
     t = time.perf_counter()
-    evaluate(sess, None, False)
+    evaluate(sess, None, USE_CUDA)
     one_eval = time.perf_counter() - t
     return dict(model=model, scheme=scheme, target=target, ratio=ratio, acc=acc, evals=evals, dict_s=dict_s,
                 seconds=seconds, pure=one_eval * evals, lat1=latency_ratio(original, model_out, 1),
@@ -130,10 +133,11 @@ def describe(options: dict) -> str:
 
 
 def table(results: list[dict], command: str) -> str:
-    lines = [BEGIN, "## Beat the reference: auto mode on AIMET's anchor model", "",
+    device = "GPU (CUDAExecutionProvider)" if USE_CUDA else "CPU"
+    lines = [BEGIN, "## Beat the reference: auto mode on AIMET's anchor model" + (", GPU" if USE_CUDA else ""), "",
              f"`{command}`: test-accuracy evaluator (497 images), 10 candidates, first conv ignored, no "
              "fine-tuning, 500 reconstruction samples (channel pruning) and data-aware SVD from the 256 "
-             "calibration images. Latency ratio: compressed / original, ORT CPU, 2 threads, median of 30 "
+             f"calibration images. Latency ratio: compressed / original, ORT {device}, 2 threads, median of 30 "
              "interleaved pairs. Pipeline: spatial SVD at 0.7, then channel pruning to the target.", "",
              "| model | scheme | options | target | achieved MAC | accuracy | evals | dictionary s | pure inference s "
              "| whole run s | latency b1 / b64 |",
@@ -184,7 +188,16 @@ def main() -> None:
     p.add_argument("--models", default="anchor")
     p.add_argument("--ablations", action="store_true")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--cuda", action="store_true",
+                   help="run on CUDAExecutionProvider (onnxruntime-gpu and a GPU); the figures then go to a "
+                        "separate GPU section of docs/benchmarks.md")
     args = p.parse_args()
+    global USE_CUDA, BEGIN, END
+    if args.cuda:
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            sys.exit("--cuda: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+        USE_CUDA = True
+        BEGIN, END = "<!-- bench_anchor_gpu:begin -->", "<!-- bench_anchor_gpu:end -->"
     results = []
     for model, scheme, target, options in rows_for(args.rows, args.models.split(","), args.ablations):
         r = one_run(model, scheme, target, **options)
@@ -196,7 +209,8 @@ def main() -> None:
     print(section)
     if not args.no_write:
         write(section)
-        plot(results, ROOT / "docs" / "anchor_accuracy_vs_mac.png")
+        if not args.cuda:
+            plot(results, ROOT / "docs" / "anchor_accuracy_vs_mac.png")
 
 
 if __name__ == "__main__":
