@@ -178,7 +178,7 @@ def analyze(proto: onnx.ModelProto, input_shape=None,
             data_shapes: dict[str, Shape] | None = None) -> Analysis:
     """Import `proto` and list its layers with shapes and costs."""
     dims = resolve_input_dims(proto, input_shape, data_shapes)
-    shapes = ir.static_shapes(proto, dims)
+    shapes = _complete_shapes(proto, dims, ir.static_shapes(proto, dims))
     graph = ir.import_graph(proto)
     layers: list[Layer] = []
     seen: dict[str, int] = {}
@@ -194,6 +194,46 @@ def analyze(proto: onnx.ModelProto, input_shape=None,
         seen[layer.name] = 1
         layers.append(layer)
     return Analysis(proto=proto, graph=graph, layers=layers, input_dims=dims, shapes=shapes)
+
+
+def _complete_shapes(proto: onnx.ModelProto, dims: dict[str, Shape],
+                     shapes: dict[str, Shape]) -> dict[str, Shape]:
+    """`shapes` plus what ONNX Runtime's symbolic shape inference resolves, when ONNX shape
+    inference left a main-graph layer's input or output unknown although every input has
+    concrete dims (exported transformers: position ids sliced from a constant by a
+    Shape-derived bound lose the sequence length for the rest of the graph)."""
+    inputs = ir.graph_inputs(proto)
+    if not inputs or any(i.name not in dims for i in inputs):
+        return shapes
+    missing = any(
+        node.op_type in LAYER_OPS and node.input and node.output
+        and (node.input[0] not in shapes or node.output[0] not in shapes)
+        for node in proto.graph.node
+    )
+    if not missing:
+        return shapes
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    for inp in model.graph.input:
+        if inp.name in dims:
+            tensor_dims = inp.type.tensor_type.shape.dim
+            del tensor_dims[:]
+            for d in dims[inp.name]:
+                tensor_dims.add().dim_value = int(d)
+    del model.graph.value_info[:]
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception as exc:  # optional help only: layers keep unknown shapes
+        log.debug("symbolic shape inference failed: %s", exc)
+        return shapes
+    out = dict(shapes)
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        t = vi.type.tensor_type
+        if vi.name not in out and t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            out[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
+    return out
 
 
 def _make_layer(node, owner, in_subgraph: bool, shapes: dict[str, Shape]) -> Layer:

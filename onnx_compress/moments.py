@@ -33,7 +33,7 @@ def input_moments(proto: onnx.ModelProto, targets: list[layers_mod.Layer], schem
         dim = layer.matrix_shape()[0] if spec is None else layer.weight.shape[1] * math.prod(spec[0])
         total = max(samples, 8 * dim)
         counts = pruning.positions_per_batch(total, len(xs))
-        acc, n = np.zeros((dim, dim)), 0
+        parts = []
         for x, count in zip(xs, counts):
             if count == 0:
                 continue
@@ -46,7 +46,7 @@ def input_moments(proto: onnx.ModelProto, targets: list[layers_mod.Layer], schem
                 pos = reconstruct.sample_positions(rng, (x.shape[0], 1, *spatial), count)
                 p = reconstruct.conv_patches(x, pos, kernel, strides, pads, dilations)
                 p = p.reshape(len(p), -1).astype(np.float64)
-            acc += p.T @ p
-            n += len(p)
-        out[layer.name] = acc / max(n, 1)
+            parts.append(p)
+        p = np.concatenate(parts) if parts else np.zeros((0, dim))
+        out[layer.name] = (p.T @ p) / max(len(p), 1)  # one product: many small batches stay fast
     return out
