@@ -136,10 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "tensor), drop them at the layer with a channel Gather instead of keeping them")
     com.add_argument("--seed", type=int, default=0, help="seed for sampling (default 0)")
     auto = com.add_argument_group("auto mode (--target)")
-    auto.add_argument("--eval", choices=("accuracy", "fidelity"), default=None,
+    auto.add_argument("--eval", choices=("accuracy", "fidelity", "cosine"), default=None,
                       help="built-in evaluator: top-1 accuracy on --eval-data (labelled), or label-free "
-                           "fidelity to the original model's outputs (default: accuracy when the "
-                           "evaluation data has labels, else fidelity)")
+                           "fidelity to the original model's outputs (top-1 agreement for (N, C) "
+                           "outputs, else cosine), or cosine: per-sample cosine similarity always "
+                           "(embedding models); default: accuracy when the evaluation data has labels, "
+                           "else fidelity")
     auto.add_argument("--candidates", type=int, default=10, metavar="N",
                       help="candidate ratios i/N, i = 1..N-1 (default 10)")
     auto.add_argument("--monotonic-fit", action="store_true",
@@ -391,7 +393,10 @@ def _compress_auto(args) -> int:
     if kind is None:
         from .data import load_npz
         kind = "accuracy" if "labels" in load_npz(eval_data) else "fidelity"
-    callback = evaluators.accuracy(eval_data) if kind == "accuracy" else evaluators.fidelity(eval_data)
+    if kind == "accuracy":
+        callback = evaluators.accuracy(eval_data)
+    else:
+        callback = evaluators.fidelity(eval_data, measure="cosine" if kind == "cosine" else "auto")
     config = load_config(args.config) if args.config else None
     ignore = [n.strip() for n in args.ignore.split(",") if n.strip()] if args.ignore else None
     model, stats = api.compress_auto(

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import data as data_mod
-from .errors import DataError
+from .errors import DataError, ParameterError
 
 
 def _input_specs(session) -> dict[str, tuple]:
@@ -47,7 +47,10 @@ def accuracy(data, batch_size: int = 64) -> Callable:
     return evaluate
 
 
-def fidelity(data, reference=None, batch_size: int = 64) -> Callable:
+FIDELITY_MEASURES = ("auto", "top1", "cosine")
+
+
+def fidelity(data, reference=None, batch_size: int = 64, measure: str = "auto") -> Callable:
     """Label-free agreement of a candidate model with the original model's outputs.
 
     `data`: as for `accuracy`, without the need for `labels` (a `labels` array is ignored).
@@ -62,7 +65,12 @@ def fidelity(data, reference=None, batch_size: int = 64) -> Callable:
     C > 1, the fraction of samples whose argmax agrees with the reference's (top-1
     agreement); otherwise the mean cosine similarity per sample (each sample flattened; a
     sample with non-finite values scores -1, two all-zero samples score 1).
+    `measure`: "auto" (as above), "top1" (always argmax agreement over the last axis) or
+    "cosine" (always per-sample cosine: embedding models, whose (N, D) output is not a
+    class score).
     """
+    if measure not in FIDELITY_MEASURES:
+        raise ParameterError(f"fidelity measure must be one of {FIDELITY_MEASURES}, got {measure!r}")
     if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
         data = data_mod.load_npz(data)
     state: dict = {"ref": reference if reference is None or callable(reference) else _check_reference(reference)}
@@ -90,7 +98,7 @@ def fidelity(data, reference=None, batch_size: int = 64) -> Callable:
                     f"fidelity: the reference covers {len(ref)} batch(es), this evaluation needs batch {i + 1}; "
                     "evaluate the original model first with the largest `iterations`, or pass `reference`"
                 )
-            agree += _agreement(out, ref[i], i)
+            agree += _agreement(out, ref[i], i, measure)
             total += len(out)
         if total == 0:
             raise DataError("evaluation data is empty")
@@ -110,15 +118,15 @@ def _check_reference(reference) -> list[np.ndarray]:
     return [np.asarray(r) for r in reference]
 
 
-def _agreement(out: np.ndarray, ref: np.ndarray, batch: int) -> float:
+def _agreement(out: np.ndarray, ref: np.ndarray, batch: int, measure: str = "auto") -> float:
     """Sum over the batch's samples of top-1 agreement or cosine similarity."""
     if out.shape != ref.shape:
         raise DataError(
             f"fidelity: batch {batch + 1}: the model's first output has shape {out.shape}, the reference "
             f"has {ref.shape}; the reference must come from the same data and batch_size"
         )
-    if ref.ndim == 2 and ref.shape[1] > 1:
-        return float((out.argmax(axis=1) == ref.argmax(axis=1)).sum())
+    if measure == "top1" or (measure == "auto" and ref.ndim == 2 and ref.shape[1] > 1):
+        return float((out.argmax(axis=-1) == ref.argmax(axis=-1)).reshape(len(out), -1).mean(axis=1).sum())
     return float(_cosine(out.reshape(len(out), -1), ref.reshape(len(ref), -1)).sum())
 
 

@@ -131,3 +131,18 @@ def test_random_input_feeds_work_as_iterable_data() -> None:
     evaluate = fidelity(feeds)
     assert evaluate(session(model), None, False) == 1.0
     assert evaluate(session(model), None, False) == 1.0
+
+
+def test_cosine_measure_for_embedding_outputs() -> None:
+    """measure="cosine": an (N, D) embedding is compared by cosine, not by its argmax."""
+    data = gemm_data(batches=4)
+    reference = [b.run(b.gemm_model(seed=0), {"x": data["x"][i:i + 5]})[0] for i in range(0, 20, 5)]
+    other = np.concatenate([b.run(b.gemm_model(seed=1), {"x": data["x"][i:i + 5]})[0] for i in range(0, 20, 5)])
+    ref = np.concatenate(reference).astype(np.float64)
+    expected = np.mean((ref * other).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(other, axis=1))
+    score = fidelity(data, reference=reference, batch_size=5, measure="cosine")(session(b.gemm_model(seed=1)), None, False)
+    assert score == pytest.approx(expected, rel=1e-6)
+    top1 = fidelity(data, reference=reference, batch_size=5, measure="top1")(session(b.gemm_model(seed=1)), None, False)
+    assert top1 != pytest.approx(score)
+    with pytest.raises(Exception, match="measure must be one of"):
+        fidelity(data, measure="l2")
