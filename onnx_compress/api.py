@@ -32,7 +32,7 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
              eval_callback: Callable | None = None, eval_iterations: int | None = None,
              use_cuda: bool = False, data=None, num_reconstruction_samples: int = 2000,
              allow_custom_downsample_ops: bool = False, selection: str = "magnitude",
-             reconstruct: bool = True, seed: int = 0, data_aware: bool = True,
+             reconstruct: bool = True, seed: int = 0, data_aware: bool = True, svd_refit: bool = False,
              visualization=None) -> tuple[onnx.ModelProto, CompressionStats]:
     """Compress `model` with `scheme` at manually chosen per-layer ratios.
 
@@ -52,6 +52,9 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     ("magnitude", the default, or "greedy" least squares), reconstruct (least-squares refit), seed.
     SVD schemes with `data`: data-aware factors (whitened by the second moment of each
     layer's sampled inputs), unless `data_aware=False`; without data, plain SVD.
+    `svd_refit` (weight SVD of Gemm/MatMul, with data): then refit each split's second
+    factor by least squares, in graph order, so its outputs on the compressed model's
+    inputs match the original layer's (corrects errors passed down by earlier splits).
     visualization: path of an HTML report to write (see onnx_compress.report).
     Returns the compressed ModelProto and its statistics (achieved figures measured on it).
     """
@@ -71,7 +74,8 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
         settings = pruning.PruneSettings(
             data=data, num_reconstruction_samples=int(num_reconstruction_samples),
             allow_custom_downsample_ops=allow_custom_downsample_ops, selection=selection,
-            reconstruct=bool(reconstruct), seed=int(seed), use_cuda=use_cuda, data_aware=bool(data_aware))
+            reconstruct=bool(reconstruct), seed=int(seed), use_cuda=use_cuda, data_aware=bool(data_aware),
+            svd_refit=bool(svd_refit))
     if "channel_pruning" in steps:
         if data is None:
             raise ParameterError("channel_pruning needs calibration data: pass data= (an .npz path, a dict "
@@ -156,6 +160,12 @@ def _run_step(proto, name: str, ratios, metric: str, multiplicity: int, dims, se
                                 settings.num_reconstruction_samples, settings.seed, settings.use_cuda)
     new_nodes = apply(analysis, scheme_obj, plans, moments)
     out = ir.export(analysis.graph, proto)
+    refit_gains = {}
+    if (name == "weight_svd" and plans and settings is not None and settings.data is not None
+            and settings.data_aware and settings.svd_refit):
+        from .refit import refit_second_factors
+
+        out, refit_gains = refit_second_factors(out, proto, plans, new_nodes, settings)
     layer_stats = []
     for plan in plans:
         mac_rc = scheme_obj.rank_cost(plan.layer, "mac") if plan.layer.mac is not None else None
@@ -167,7 +177,9 @@ def _run_step(proto, name: str, ratios, metric: str, multiplicity: int, dims, se
             rank=plan.rank, full_rank=rc.full_rank,
             mac_before=plan.layer.mac, mac_after=mac_rc.at(plan.rank) if mac_rc else None,
             memory_before=plan.layer.memory, memory_after=mem_rc.at(plan.rank),
-            new_nodes=tuple(new_nodes[plan.layer.name]), note=plan.note,
+            new_nodes=tuple(new_nodes[plan.layer.name]),
+            note="; ".join(filter(None, [plan.note, f"refit: output error x{refit_gains[plan.layer.name]:.3f}"
+                                         if plan.layer.name in refit_gains else ""])),
         ))
     return out, layer_stats, skipped
 
@@ -418,7 +430,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
                   trainer=None, multiplicity: int = 1, input_shape=None, use_cuda: bool = False, data=None,
                   num_reconstruction_samples: int = 2000, selection: str = "magnitude", reconstruct: bool = True,
                   seed: int = 0, progress: Callable | None = None,
-                  verify_finalists: bool = True, data_aware: bool = True, reference_model=None,
+                  verify_finalists: bool = True, data_aware: bool = True, reference_model=None, svd_refit: bool = False,
                   visualization=None, latency_batch_size: int | None = None,
                   allow_slower_splits: bool | None = None,
                   latency_repeats: int = 21) -> tuple[onnx.ModelProto, CompressionStats]:
@@ -480,7 +492,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     if data is not None:
         settings = pruning.PruneSettings(data=data, num_reconstruction_samples=int(num_reconstruction_samples),
                                          selection=selection, reconstruct=bool(reconstruct), seed=int(seed),
-                                         use_cuda=use_cuda, data_aware=bool(data_aware),
+                                         use_cuda=use_cuda, data_aware=bool(data_aware), svd_refit=bool(svd_refit),
                                          reference=ir.load(reference_model) if reference_model is not None else None)
     keys = greedy.tar_levels(candidates) if rank_select == "tar" else greedy.candidate_keys(candidates)
     proto = ir.load(model)

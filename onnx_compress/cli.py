@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     com.add_argument("--selection", choices=("magnitude", "greedy"), default="magnitude",
                      help="channel pruning: which input channels to keep: largest weight magnitude "
                           "(default; kept more accuracy in docs/benchmarks.md) or greedy least squares")
+    com.add_argument("--svd-refit", action="store_true",
+                     help="weight SVD of Gemm/MatMul with --data: refit each split's second factor by least "
+                          "squares in graph order, against the original layer's outputs")
     com.add_argument("--no-reconstruction", action="store_true",
                      help="channel pruning: skip the least-squares refit of pruned layers")
     com.add_argument("--allow-downsample", action="store_true",
@@ -364,7 +367,7 @@ def cmd_compress(args) -> int:
         multiplicity=args.multiplicity, input_shape=_parse_shapes(args.input_shape),
         eval_callback=callback, eval_iterations=args.eval_iterations, use_cuda=args.cuda, data=args.data,
         num_reconstruction_samples=args.samples, selection=args.selection,
-        reconstruct=not args.no_reconstruction, seed=args.seed,
+        reconstruct=not args.no_reconstruction, seed=args.seed, svd_refit=args.svd_refit,
         allow_custom_downsample_ops=args.allow_downsample,
     )
     steps = _steps(args, _model_bytes(model), stats)
@@ -406,7 +409,7 @@ def _compress_auto(args) -> int:
         saved_eval_scores_dict=args.scores_in, scores_out=args.scores_out, workers=args.workers,
         multiplicity=args.multiplicity, input_shape=_parse_shapes(args.input_shape), use_cuda=args.cuda,
         data=args.data, num_reconstruction_samples=args.samples, selection=args.selection,
-        reconstruct=not args.no_reconstruction, seed=args.seed,
+        reconstruct=not args.no_reconstruction, seed=args.seed, svd_refit=args.svd_refit,
         latency_batch_size=args.latency_batch, allow_slower_splits=args.allow_slower_splits,
     )
     steps = _steps(args, _model_bytes(model), stats)

@@ -52,6 +52,7 @@ class PruneSettings:
     use_cuda: bool = False
     reference: object = None  # ModelProto whose layer outputs are the refit targets (default: the input)
     data_aware: bool = True  # SVD schemes: whiten by the inputs' second moment
+    svd_refit: bool = False  # weight SVD of Gemm/MatMul: sequential least-squares refit (refit.py)
 
 
 def check_layer(layer: layers.Layer) -> str | None:
