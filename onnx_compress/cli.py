@@ -339,10 +339,6 @@ def _check_common(args) -> None:
         _quant_settings(args)
 
 
-def _model_bytes(model) -> int:
-    return ir.model_bytes(model)
-
-
 def cmd_compress(args) -> int:
     _check_common(args)
     if args.target is not None:
@@ -370,7 +366,7 @@ def cmd_compress(args) -> int:
         reconstruct=not args.no_reconstruction, seed=args.seed, svd_refit=args.svd_refit,
         allow_custom_downsample_ops=args.allow_downsample,
     )
-    steps = _steps(args, _model_bytes(model), stats)
+    steps = _steps(args, ir.model_bytes(model), stats)
     _finish(args, model, stats, callback, steps)
     if not args.quiet:
         print(stats)
@@ -412,7 +408,7 @@ def _compress_auto(args) -> int:
         reconstruct=not args.no_reconstruction, seed=args.seed, svd_refit=args.svd_refit,
         latency_batch_size=args.latency_batch, allow_slower_splits=args.allow_slower_splits,
     )
-    steps = _steps(args, _model_bytes(model), stats)
+    steps = _steps(args, ir.model_bytes(model), stats)
     _finish(args, model, stats, callback, steps)
     sel = stats.selection
     if not args.quiet:

@@ -288,6 +288,12 @@ def graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in proto.graph.input if i.name not in inits]
 
 
+def input_dims(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Each real input's declared dims, None where a dim is dynamic (for data checks)."""
+    return {i.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim)
+            for i in graph_inputs(proto)}
+
+
 # --------------------------------------------------------------------------- traversal
 def subgraphs(node: gs.Node) -> list[gs.Graph]:
     """Graphs held by a node's attributes (If branches, Loop/Scan bodies)."""

@@ -34,28 +34,6 @@ def update(stage: str, done: int, total: int) -> None:
         callback(stage, done, total)
 
 
-class Bar:
-    """`bar(done, total)` redraws one line on `stream` when it is a terminal."""
-
-    def __init__(self, label: str, stream=None, width: int = 28):
-        self.label, self.stream, self.width = label, stream or sys.stderr, width
-        self.start = time.monotonic()
-        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total <= 0:
-            return
-        elapsed = time.monotonic() - self.start
-        eta = elapsed / done * (total - done) if done else 0.0
-        filled = int(self.width * min(done, total) / total)
-        line = (f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} "
-                f"{_clock(elapsed)} elapsed, ETA {_clock(eta) if done else '?'}")
-        self.stream.write(line)
-        if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
 class Bars:
     """A listener drawing the current stage as one redrawn terminal line with ETA.
 

@@ -74,10 +74,7 @@ def load_batches(settings: PruneSettings, proto: onnx.ModelProto) -> list[dict[s
     """Calibration feeds checked against the model's inputs (DataError when they do not fit)."""
     if settings.data is None:
         raise DataError("channel pruning needs calibration data (data_loader / --data)")
-    specs = {}
-    for inp in ir.graph_inputs(proto):
-        dims = inp.type.tensor_type.shape.dim
-        specs[inp.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+    specs = ir.input_dims(proto)
     feeds = []
     for feed in data_mod.batches(settings.data):
         data_mod.check_feed(feed, specs, "calibration data")

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from . import data as data_mod
-from . import ir
+from . import ir, runtime
 from .errors import CompressionError, DataError, ParameterError
 
 log = logging.getLogger(__name__)
@@ -75,28 +75,17 @@ class _Reader:
         self.it = iter(self.feeds)
 
 
-def _input_specs(proto: onnx.ModelProto) -> dict[str, tuple[tuple, int]]:
-    inits = {t.name for t in proto.graph.initializer}
-    specs = {}
-    for value in proto.graph.input:
-        if value.name in inits:
-            continue
-        tt = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-        specs[value.name] = (dims, tt.elem_type)
-    return specs
-
-
 def calibration_feeds(proto: onnx.ModelProto, data, max_batches: int | None = None,
                       where: str = "quantization data") -> list[dict[str, np.ndarray]]:
     """The calibration batches, checked against the model's inputs (names, ranks, static dims)."""
-    specs = _input_specs(proto)
+    dims = ir.input_dims(proto)
+    elem_types = {i.name: i.type.tensor_type.elem_type for i in ir.graph_inputs(proto)}
     feeds = []
     for feed in data_mod.batches(data):
         feed = {k: v for k, v in feed.items() if k != data_mod.LABELS}
-        data_mod.check_feed(feed, {k: dims for k, (dims, _) in specs.items()}, where)
+        data_mod.check_feed(feed, dims, where)
         out = {}
-        for name, (_, elem) in specs.items():
+        for name, elem in elem_types.items():
             want = onnx.helper.tensor_dtype_to_np_dtype(elem)
             arr = np.asarray(feed[name])
             if arr.dtype != want:
@@ -125,8 +114,6 @@ def quantize(model, data, settings: QuantizeSettings | None = None, **kwargs) ->
     feeds = calibration_feeds(proto, data, settings.max_batches)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[settings.calibrate_method]
-    from . import runtime
-
     with tempfile.TemporaryDirectory(prefix="onnx_compress_q_") as tmp:
         src = Path(tmp) / "float.onnx"
         ir.save(proto, src)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import __version__, files
 from .errors import ParameterError
+from .stats import format_count
 
 SECTIONS = ("summary", "layer-costs", "score-curves", "chosen-ratios", "skipped", "reproduce")
 
@@ -111,9 +112,9 @@ def _section(key: str, heading: str, content: str, note: str = "") -> str:
 def _summary(s: dict, steps: list[dict] | None) -> str:
     mac_ratio, mem_ratio = s.get("mac_ratio"), s.get("memory_ratio")
     cards = [
-        ("MACs", f"{_num(s.get('mac_before'))} → {_num(s.get('mac_after'))}"),
+        ("MACs", f"{format_count(s.get('mac_before'))} → {format_count(s.get('mac_after'))}"),
         ("MAC ratio", _fmt(mac_ratio)),
-        ("weights", f"{_num(s.get('memory_before'))} → {_num(s.get('memory_after'))}"),
+        ("weights", f"{format_count(s.get('memory_before'))} → {format_count(s.get('memory_after'))}"),
         ("memory ratio", _fmt(mem_ratio)),
         ("eval score", f"{_fmt(s.get('baseline_score'))} → {_fmt(s.get('final_score'))}"),
     ]
@@ -162,8 +163,8 @@ def _layer_costs(s: dict) -> str:
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     table_rows = "".join(
-        f"<tr><td class=\"l\">{_e(r['name'])}</td><td class=\"l\">{_e(r['op'])}</td><td>{_num(r['mac_before'])}</td>"
-        f"<td>{_num(r['mac_after'])}</td><td>{_num(r['memory_before'])}</td><td>{_num(r['memory_after'])}</td>"
+        f"<tr><td class=\"l\">{_e(r['name'])}</td><td class=\"l\">{_e(r['op'])}</td><td>{format_count(r['mac_before'])}</td>"
+        f"<td>{format_count(r['mac_after'])}</td><td>{format_count(r['memory_before'])}</td><td>{format_count(r['memory_after'])}</td>"
         f"<td>{_fmt(r['ratio'])}</td><td class=\"l\">{_e(r['status'])}</td></tr>" for r in rows)
     table = ("<details><summary>table</summary><table><tr><th class=\"l\">layer</th><th class=\"l\">op</th>"
              "<th>MACs before</th><th>MACs after</th><th>weights before</th><th>weights after</th>"
@@ -296,15 +297,6 @@ def _e(x) -> str:
 
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
-
-
-def _num(x) -> str:
-    if x is None:
-        return "?"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= size:
-            return f"{x / size:.2f}{unit}"
-    return str(x)
 
 
 def _bytes(x) -> str:

@@ -156,7 +156,7 @@ class WeightSwapper:
         opts.add_external_initializers(names, values)
         sess = ort.InferenceSession(self.model_bytes, opts, providers=providers(self.use_cuda))
         sess._onnx_compress_keepalive = values  # the session reads these buffers
-        return sess
+        return check_providers(sess, self.use_cuda)
 
 
 # ------------------------------------------------------------------ prefix caching

@@ -85,7 +85,8 @@ class CompressionStats:
         return format_stats(self)
 
 
-def _num(x) -> str:
+def format_count(x) -> str:
+    """A count with a k/M/G suffix ("?" when unknown)."""
     if x is None:
         return "?"
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -102,8 +103,8 @@ def format_stats(s: CompressionStats) -> str:
     mac_ratio = "?" if s.mac_ratio is None else f"{s.mac_ratio:.4f}"
     lines = [
         f"scheme: {s.scheme}   cost metric: {s.cost_metric}",
-        f"MACs:   {_num(s.mac_before)} -> {_num(s.mac_after)}  (ratio {mac_ratio})",
-        f"memory: {_num(s.memory_before)} -> {_num(s.memory_after)} weights  (ratio {s.memory_ratio:.4f})",
+        f"MACs:   {format_count(s.mac_before)} -> {format_count(s.mac_after)}  (ratio {mac_ratio})",
+        f"memory: {format_count(s.memory_before)} -> {format_count(s.memory_after)} weights  (ratio {s.memory_ratio:.4f})",
     ]
     if s.latency:
         lines.extend(_latency_lines(s.latency))
@@ -118,7 +119,7 @@ def format_stats(s: CompressionStats) -> str:
             lines.append(
                 f"{layer.name:<{width}}  {layer.scheme:<15} {layer.requested_ratio:>6.3f} "
                 f"{layer.achieved_ratio:>7.4f} {layer.rank:>4}/{layer.full_rank:<4}  "
-                f"{_num(layer.mac_before):>10} -> {_num(layer.mac_after):<9}  {layer.note}"
+                f"{format_count(layer.mac_before):>10} -> {format_count(layer.mac_after):<9}  {layer.note}"
             )
     if s.skipped:
         lines.append("")
