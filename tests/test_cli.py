@@ -5,10 +5,7 @@ no output file left behind, and the input file unchanged.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +14,7 @@ import pytest
 
 import builders as b
 import mac_count
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnx_compress.cli", *args], capture_output=True, text=True)
+from refs import cli, digest
 
 
 @pytest.fixture()
@@ -28,10 +22,6 @@ def model_path(tmp_path) -> Path:
     path = tmp_path / "cnn.onnx"
     onnx.save(b.cnn_model(), str(path))
     return path
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_inspect_lists_layers_with_reasons(model_path):

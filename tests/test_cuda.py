@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -16,11 +15,7 @@ import pytest
 
 import onnx_compress as oc
 from onnx_compress import evaluators, ir, pruning, runtime
-
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "models" / "resnet_small.onnx"
-CALIB = ROOT / "models" / "digits32_calib.npz"
-TEST = ROOT / "models" / "digits32_test.npz"
+from refs import CALIB, MODEL, TEST
 
 
 def _cuda_works() -> bool:

@@ -2,19 +2,12 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 import onnx_compress as oc
 from onnx_compress import evaluators, progress
-
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "models" / "resnet_small.onnx"
-CALIB = ROOT / "models" / "digits32_calib.npz"
-TEST = ROOT / "models" / "digits32_test.npz"
+from refs import CALIB, MODEL, TEST, cli
 
 
 class Tty(io.StringIO):
@@ -60,10 +53,6 @@ def test_bars_draw_on_a_terminal_only():
     silent = progress.Bars(pipe)
     silent("eval-score dictionary", 1, 4)
     assert pipe.getvalue() == ""
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnx_compress.cli", *args], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

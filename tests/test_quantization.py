@@ -1,11 +1,7 @@
 """Quantization hand-off: ONNX Runtime static QDQ int8 with our calibration data forms."""
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,19 +11,7 @@ import onnx_compress as oc
 from onnx_compress import evaluators, ir, runtime
 from onnx_compress.errors import DataError, ParameterError
 from onnx_compress.quantization import calibration_feeds, file_size
-
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "models" / "resnet_small.onnx"
-CALIB = ROOT / "models" / "digits32_calib.npz"
-TEST = ROOT / "models" / "digits32_test.npz"
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnx_compress.cli", *args], capture_output=True, text=True)
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from refs import CALIB, MODEL, TEST, cli, digest
 
 
 @pytest.fixture(scope="module")

@@ -12,24 +12,15 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
 
 import onnx_compress as oc
-from onnx_compress import evaluators, report
+from onnx_compress import report
 from onnx_compress.errors import ParameterError
-
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "models" / "resnet_small.onnx"
-CALIB = ROOT / "models" / "digits32_calib.npz"
-TEST = ROOT / "models" / "digits32_test.npz"
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnx_compress.cli", *args], capture_output=True, text=True)
+from refs import CALIB, MODEL, TEST, cli
 
 
 @pytest.fixture(scope="module")
