@@ -292,8 +292,7 @@ def _finish(args, model, stats, callback, steps: list[dict]) -> dict | None:
         score = runtime.evaluate(qmodel, callback, args.eval_iterations, args.cuda) if callback else None
         quant_row = {"step": "quantized (int8 QDQ)", "score": score, "mac_ratio": stats.mac_ratio}
         model = qmodel
-    external = True if args.external_data or ir.uses_external_data(args.model) else None
-    ir.save(model, args.output, external=external)
+    _save(args, model)
     if quant_row is not None:
         quant_row["bytes"] = quant_mod.file_size(args.output)
         steps.append(quant_row)
@@ -307,6 +306,12 @@ def _finish(args, model, stats, callback, steps: list[dict]) -> dict | None:
 
         report.write(args.report, stats, command=args.command_line, steps=steps)
     return quant_row
+
+
+def _save(args, model) -> None:
+    """Write OUT atomically; with external data when asked or when the input model has it."""
+    external = getattr(args, "external_data", False) or ir.uses_external_data(args.model)
+    ir.save(model, args.output, external=True if external else None)
 
 
 def _steps(args, model_bytes: int, stats) -> list[dict]:
@@ -441,7 +446,7 @@ def cmd_quantize(args) -> int:
     before = runtime.evaluate(original, callback, None, args.cuda) if callback else None
     qmodel = quant_mod.quantize(original, args.data, settings)
     after = runtime.evaluate(qmodel, callback, None, args.cuda) if callback else None
-    ir.save(qmodel, args.output, external=True if ir.uses_external_data(args.model) else None)
+    _save(args, qmodel)
     steps = [{"step": "original", "score": before, "bytes": quant_mod.file_size(args.model), "mac_ratio": None},
              {"step": "quantized (int8 QDQ)", "score": after, "bytes": quant_mod.file_size(args.output),
               "mac_ratio": None}]
