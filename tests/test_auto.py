@@ -229,6 +229,32 @@ def test_prefix_cache_gives_the_same_scores(scheme):
     assert cached.scores == full.scores
 
 
+def test_prefix_cache_tells_apart_feeds_its_fingerprint_confuses():
+    """The cache keys feeds by a strided sample; a feed differing off the sample (or in a
+    NaN) must run the full model, never reuse another feed's activations."""
+    from onnx_compress import ir, runtime
+
+    proto = ir.load(MODELS / "resnet_small.onnx")
+    cache = runtime.PrefixCache(proto, {"u": [proto.graph.node[0].input[1]]})
+    x = np.load(MODELS / "digits32_test.npz")["input"][:64].copy()
+    y = x.copy()
+    flat = y.reshape(-1)
+    flat[1] += 1.0  # index 1 is off the stride-256 sample
+    assert runtime._feed_key({"input": x}) == runtime._feed_key({"input": y})
+    name = proto.graph.input[0].name
+    out_x = cache.recording_session().run(None, {name: x})[0]
+    assert cache.lookup("u", {name: x}) is not None
+    assert cache.lookup("u", {name: y}) is None
+    z = x.copy()
+    z.reshape(-1)[5] = np.nan
+    cache.recording_session().run(None, {name: z})
+    assert cache.lookup("u", {name: z.copy()}) is not None  # NaNs in the same places match
+    full = runtime.session(proto)
+    sess = cache.candidate("u", {}, lambda: full)
+    np.testing.assert_array_equal(sess.run(None, {name: x})[0], out_x)
+    np.testing.assert_allclose(sess.run(None, {name: y})[0], full.run(None, {name: y})[0], rtol=0, atol=0)
+
+
 def test_verified_finalists_keep_the_best_real_score():
     model = wide_cnn()
     _, stats = oc.compress_auto(model, "spatial_svd", 0.5, Counting(model), candidates=5)

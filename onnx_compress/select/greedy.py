@@ -118,7 +118,7 @@ def svd_units(analysis: Analysis, scheme: str, names: list[str], keys: list[floa
         if not cands:
             skipped[name] = "no candidate rank fits (layer too small for these ratios)"
             continue
-        units.append(Unit(name, cands, _svd_overrides(layer, scheme, (moments or {}).get(name)), rc.before,
+        units.append(Unit(name, cands, _svd_overrides(layer, scheme, (moments or {}).get(name), len(cands)), rc.before,
                           (layer.node.inputs[1].name,)))
     return units, skipped
 
@@ -129,11 +129,20 @@ def _tar_rank(errors: np.ndarray, level: float, rc: RankCost) -> int:
     return rank if 1 <= rank <= rc.max_rank else 0
 
 
-def _svd_overrides(layer: Layer, scheme: str, cov: np.ndarray | None = None):
+def _svd_overrides(layer: Layer, scheme: str, cov: np.ndarray | None = None, n_candidates: int = 1):
+    """Candidate -> the layer's same-shaped low-rank weight. The layer is factored once and
+    truncated per candidate; the factors are let go after `n_candidates` calls (the
+    dictionary asks for each candidate once), so at most a few layers' factors are held."""
     name = layer.node.inputs[1].name
+    factors: dict = {}
+    calls = [0]
 
     def overrides(c: Candidate) -> dict[str, np.ndarray]:
-        return {name: svd.low_rank_weight(layer, scheme, c.size, cov)}
+        weight = svd.low_rank_weight(layer, scheme, c.size, cov, factors)
+        calls[0] += 1
+        if calls[0] % max(1, n_candidates) == 0:
+            factors.clear()
+        return {name: weight}
 
     return overrides
 

@@ -46,14 +46,22 @@ def whitened_svd(matrix: np.ndarray, cov: np.ndarray | None, rank: int) -> tuple
     """
     if cov is None:
         return truncated_svd(matrix, rank)
+    a, b = whitened_factors(matrix, cov)
+    return a[:, :rank], b[:rank]
+
+
+def whitened_factors(matrix: np.ndarray, cov: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """All-rank factors A (K, m), B (m, N), m = min(K, N): whitened_svd at rank r is
+    A[:, :r], B[:r] (plain SVD when cov is None). One factorisation serves every rank."""
     w = np.asarray(matrix, dtype=np.float64)
+    if cov is None:
+        return truncated_svd(w, min(w.shape))
     c = np.asarray(cov, dtype=np.float64)
     ridge = 1e-6 * max(np.trace(c) / len(c), 1e-12)
     chol = np.linalg.cholesky(c + ridge * np.eye(len(c)))
     u, s, vt = np.linalg.svd(chol.T @ w, full_matrices=False)
-    root = np.sqrt(s[:rank])
-    a = np.linalg.solve(chol.T, u[:, :rank] * root)
-    return a, root[:, None] * vt[:rank]
+    root = np.sqrt(s)
+    return np.linalg.solve(chol.T, u * root), root[:, None] * vt
 
 
 def singular_values(matrix: np.ndarray) -> np.ndarray:
@@ -235,25 +243,43 @@ def spatial_svd_specs(layer: Layer, rank: int, opset: int, cov: np.ndarray | Non
 
 
 # ------------------------------------------------------------------ same-shaped weights
-def low_rank_weight(layer: Layer, scheme: str, rank: int, cov: np.ndarray | None = None) -> np.ndarray:
+def low_rank_weight(layer: Layer, scheme: str, rank: int, cov: np.ndarray | None = None,
+                    factors: dict | None = None) -> np.ndarray:
     """The layer's weight as the split computes it at `rank`, in the stored shape and dtype.
 
     A model with this weight swapped in computes what the split model computes (up to
-    rounding), so candidates can be scored without rebuilding the graph.
+    rounding), so candidates can be scored without rebuilding the graph. `factors`: a
+    dict kept by the caller across ranks of one layer (same scheme and cov); the
+    factorisation is computed once and truncated per rank.
     """
     w = layer.weight
+    ab = None if factors is None else factors.get("ab")
+    if ab is None:
+        ab = whitened_factors(_factored_matrix(layer, scheme), cov)
+        if factors is not None:
+            factors["ab"] = ab
+    a, b = ab
+    approx = a[:, :rank] @ b[:rank]
     if layer.op == "Conv" and scheme == "weight_svd":
         n_in = w.shape[1]
-        at, bt = whitened_svd(np.moveaxis(w, 1, -1).reshape(-1, n_in).T, cov, rank)
-        return np.moveaxis((at @ bt).T.reshape(w.shape[0], *w.shape[2:], n_in), -1, 1).astype(w.dtype)
+        return np.moveaxis(approx.T.reshape(w.shape[0], *w.shape[2:], n_in), -1, 1).astype(w.dtype)
     if layer.op == "Conv":  # spatial SVD
         n_out, n_in, kh, kw = w.shape
-        a, b = whitened_svd(w.transpose(1, 2, 0, 3).reshape(n_in * kh, n_out * kw), cov, rank)
-        return (a @ b).reshape(n_in, kh, n_out, kw).transpose(2, 0, 1, 3).astype(w.dtype)
+        return approx.reshape(n_in, kh, n_out, kw).transpose(2, 0, 1, 3).astype(w.dtype)
     trans = layer.op == "Gemm" and int(layer.attrs.get("transB", 0))
-    a, b = whitened_svd(w.T if trans else w, cov, rank)
-    approx = a @ b
     return (approx.T if trans else approx).astype(w.dtype)
+
+
+def _factored_matrix(layer: Layer, scheme: str) -> np.ndarray:
+    """The matrix the SVD factors (x-form, y = x @ M) for low_rank_weight."""
+    w = layer.weight
+    if layer.op == "Conv" and scheme == "weight_svd":
+        return np.moveaxis(w, 1, -1).reshape(-1, w.shape[1]).T
+    if layer.op == "Conv":
+        n_out, n_in, kh, kw = w.shape
+        return w.transpose(1, 2, 0, 3).reshape(n_in * kh, n_out * kw)
+    trans = layer.op == "Gemm" and int(layer.attrs.get("transB", 0))
+    return w.T if trans else w
 
 
 def relative_errors(layer: Layer, scheme: str) -> np.ndarray:
