@@ -616,7 +616,7 @@ def _latency_summary(timed, proto, out, dims, chosen, total, measure, allow_slow
 
 
 def _exact_goal(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit, metric, dims,
-                exact=None):
+                exact=None, objective="product"):
     """The largest budget whose selection's *exact* model cost meets the target.
 
     Channel-pruning unit costs leave out upstream savings, so the selection under the
@@ -633,7 +633,8 @@ def _exact_goal(units, dictionary, current, current_total, total, target_q, meth
 
     def fits(goal) -> bool:
         try:
-            sel = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit)
+            sel = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit,
+                                objective=objective)
         except ParameterError:
             return False
         choices = {u: o.ratio for u, o in sel.choices.items()}
@@ -653,13 +654,19 @@ def _exact_goal(units, dictionary, current, current_total, total, target_q, meth
     return lo
 
 
-def _verified_choice(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit, verify):
+def _verified_choice(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit, verify,
+                     goal_of=None):
     """Score the finalist selections on the real combined model; keep the best.
 
     Finalists: the selection `method` makes under both objectives ("product", "sum") and,
     for the knapsack, AIMET's threshold selection. Each is scored once with every chosen
-    weight swapped in (exact for SVD: the units' weights do not overlap); ties keep the
-    first (the requested method under the default objective).
+    weight swapped in, and ties keep the first (the requested method under the default
+    objective). For SVD this is the combined model exactly (the units' weights do not
+    overlap). For channel pruning each group's weights were refit on the original model's
+    activations, while the final build refits each layer on the pruned model's own: the
+    swapped-in score estimates the built model's, and ranks the finalists.
+    `goal_of(method, objective)`: the budget to hand that solver (None: it has no
+    selection that meets the target); default: the target itself.
     """
     from .select import greedy
 
@@ -668,18 +675,21 @@ def _verified_choice(units, dictionary, current, current_total, total, target_q,
     for meth, objective in ((method, "product"), (method, "sum"), ("threshold", "product")):
         if meth == "threshold" and method == "threshold" and objective == "product" and finalists:
             continue
+        goal = target_q if goal_of is None else goal_of(meth, objective)
+        if goal is None:
+            continue
         try:
-            sel = greedy.choose(units, dictionary, current_total, total, target_q, meth, use_monotonic_fit,
+            sel = greedy.choose(units, dictionary, current_total, total, goal, meth, use_monotonic_fit,
                                 objective=objective)
         except ParameterError:
-            if not finalists and meth == method:
+            if not finalists and meth == method and goal_of is None:
                 raise
             continue
         key = tuple(sorted((u, o.ratio) for u, o in sel.choices.items()))
         if key not in {k for k, _ in finalists}:
             finalists.append((key, sel))
-    if len(finalists) == 1:
-        return finalists[0][1]
+    if len(finalists) <= 1:
+        return finalists[0][1] if finalists else None
     by_unit = {u.name: u for u in units}
     swapper = runtime.WeightSwapper(current, sorted({n for u in units for n in u.weights}),
                                     use_cuda)
@@ -691,7 +701,8 @@ def _verified_choice(units, dictionary, current, current_total, total, target_q,
                 cand = next(c for c in by_unit[u].candidates if c.key == opt.ratio)
                 overrides.update(by_unit[u].overrides(cand))
         score = float(eval_callback(swapper.session(overrides), iterations, use_cuda))
-        dictionary.verified.append({"method": sel.method, "expected": sel.expected_score, "score": score})
+        dictionary.verified.append({"method": sel.method, "expected": sel.expected_score, "score": score,
+                                    "estimate": goal_of is not None})
         if best_score is None or score > best_score:
             best, best_score = sel, score
     return best
@@ -722,7 +733,18 @@ def _select_and_apply(units, dictionary, current, current_total, total, target_q
         goal = _exact_goal(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit,
                            metric, dims, exact)
         if goal is not None:
-            chosen = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit)
+            chosen = None
+            if verify is not None:
+                def goal_of(meth, objective):
+                    if meth == method and objective == "product":
+                        return goal
+                    return _exact_goal(units, dictionary, current, current_total, total, target_q, meth,
+                                       use_monotonic_fit, metric, dims, exact, objective=objective)
+
+                chosen = _verified_choice(units, dictionary, current, current_total, total, target_q, method,
+                                          use_monotonic_fit, verify, goal_of=goal_of)
+            if chosen is None:
+                chosen = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit)
             ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in chosen.choices.items() if opt.ratio != 1.0}
             out, step_stats, more = _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
             cost_after = measure(out, chosen) if measure else layers.analyze(out, dims).total(metric)

@@ -56,13 +56,25 @@ def check_providers(sess: ort.InferenceSession, use_cuda: bool) -> ort.Inference
     return sess
 
 
-def session(model: onnx.ModelProto | str, use_cuda: bool = False, threads: int | None = None,
-            extra_outputs: list[str] | None = None, config: dict[str, str] | None = None) -> ort.InferenceSession:
-    """An InferenceSession for a ModelProto or a path (`config`: session config entries)."""
+def options(threads: int | None = None) -> ort.SessionOptions:
+    """Session options for the library's own sessions: quiet, `threads` intra-op threads,
+    and worker threads that sleep when idle. ORT's default has them spin after each run,
+    which took the cores from the numpy work (refits, SVDs) between our runs: the anchor's
+    channel-pruning refits ran about 3x slower beside spinning evaluation sessions."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
+    if os.environ.get("ONNX_COMPRESS_SPIN", "0") != "1":
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
+
+
+def session(model: onnx.ModelProto | str, use_cuda: bool = False, threads: int | None = None,
+            extra_outputs: list[str] | None = None, config: dict[str, str] | None = None) -> ort.InferenceSession:
+    """An InferenceSession for a ModelProto or a path (`config`: session config entries)."""
+    opts = options(threads)
     for key, value in (config or {}).items():
         opts.add_session_config_entry(key, value)
     if isinstance(model, onnx.ModelProto) and extra_outputs:
@@ -146,10 +158,7 @@ class WeightSwapper:
     def session(self, overrides: dict | None = None) -> ort.InferenceSession:
         """A session of the model with `overrides` (name -> same-shaped array) swapped in."""
         overrides = overrides or {}
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
+        opts = options(self.threads)
         names = list(self.values)
         values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(overrides.get(n, self.values[n])))
                   for n in names]

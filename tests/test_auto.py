@@ -264,3 +264,20 @@ def test_verified_finalists_keep_the_best_real_score():
     threshold = [v["score"] for v in verified if v["method"] == "threshold"]
     assert stats.final_score == pytest.approx(best, abs=1e-6)  # the final model is the best finalist
     assert all(stats.final_score >= t - 1e-6 for t in threshold)
+
+
+def test_channel_pruning_scores_its_finalists_and_keeps_the_best():
+    """Channel pruning: knapsack (both objectives) and threshold finalists, each meeting the
+    target by its exact cost, scored with all their groups' weights swapped in; the
+    selection built is the best-scoring one and its measured ratio meets the target."""
+    test = np.load(MODELS / "digits32_test.npz")
+    ev = accuracy({"input": test["input"][:200], "labels": test["labels"][:200]})
+    _, stats = oc.compress_auto(MODELS / "vgg_small.onnx", "channel_pruning", 0.6, ev, candidates=5,
+                                data=MODELS / "digits32_calib.npz", num_reconstruction_samples=200)
+    verified = stats.selection["verified"]
+    assert len(verified) >= 2 and all(v["estimate"] for v in verified)
+    methods = {v["method"] for v in verified}
+    assert "threshold" in methods and "knapsack" in methods
+    assert stats.mac_ratio <= 0.6
+    best = max(verified, key=lambda v: v["score"])
+    assert stats.selection["expected_score"] == pytest.approx(best["expected"], abs=1e-9)

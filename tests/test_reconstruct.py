@@ -328,3 +328,42 @@ def test_kept_count(total, ratio, multiplicity, minimum, want):
 def test_kept_count_errors(args):
     with pytest.raises(ParameterError):
         rc.kept_count(*args)
+
+
+@pytest.mark.parametrize("fit_bias", [True, False])
+def test_gramfit_dual_form_equals_primal(fit_bias):
+    """Fewer samples than unknowns: the n x n dual solve gives the primal's minimiser."""
+    rng = np.random.default_rng(3)
+    n, c, k, n_out = 120, 30, 9, 16
+    patches = rng.normal(size=(n, c, k))
+    w = rng.normal(size=(n_out, c, k))
+    targets = np.einsum("ncK,ocK->no", patches, w) + 0.3 * rng.normal(size=(n, n_out)) + 2.0
+    gram = rc.GramFit(patches, targets, fit_bias)
+    keep = np.arange(0, c, 3)[:8]  # 72 unknowns < 120 samples: primal is the natural form
+    keep_wide = np.arange(c)[:25]  # 225 unknowns > 120 samples: dual
+    for kept in (keep, keep_wide):
+        p = gram.fit(kept, w[:, kept], form="primal")
+        d = gram.fit(kept, w[:, kept], form="dual")
+        assert p[2] == d[2]  # the same alpha wins on the held-out split
+        np.testing.assert_allclose(d[0], p[0], rtol=1e-6, atol=1e-8 * np.abs(p[0]).max())
+        if fit_bias:
+            np.testing.assert_allclose(d[1], p[1], rtol=1e-6, atol=1e-8)
+        else:
+            assert p[1] is None and d[1] is None
+    auto = gram.fit(keep_wide, w[:, keep_wide])
+    np.testing.assert_array_equal(auto[0], gram.fit(keep_wide, w[:, keep_wide], form="dual")[0])
+
+
+def test_blas_single_thread_limits_and_restores():
+    from threadpoolctl import threadpool_info
+
+    from onnx_compress import blas
+
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    with blas.single_thread(100):
+        inside = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        assert inside and all(t == 1 for t in inside)
+    with blas.single_thread(blas.SMALL + 1):
+        big = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert after == before and big == before

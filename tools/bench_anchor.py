@@ -136,11 +136,14 @@ def describe(options: dict) -> str:
 
 def table(results: list[dict], command: str) -> str:
     device = "GPU (CUDAExecutionProvider)" if USE_CUDA else "CPU"
+    models = list(dict.fromkeys(r["model"] for r in results))
     title = "## Beat the reference: auto mode on AIMET's anchor model"
     if PLOT != "anchor_accuracy_vs_mac.png":
-        title = "## Every target: auto mode at 0.8 ... 0.2"
+        title = "## Every target: auto mode at 0.8 ... 0.2" + ("" if models == ["anchor"] else
+                                                            " on " + ", ".join(models))
+    images = "497 images" if models == ["anchor"] else "497 images on the anchor, 500 on the reference models"
     lines = [BEGIN, title + (", GPU" if USE_CUDA else ""), "",
-             f"`{command}`: test-accuracy evaluator (497 images), 10 candidates, first conv ignored, no "
+             f"`{command}`: test-accuracy evaluator ({images}), 10 candidates, first conv ignored, no "
              "fine-tuning, 500 reconstruction samples (channel pruning) and data-aware SVD from the 256 "
              f"calibration images. Latency ratio: compressed / original, ORT {device}, 2 threads, median of 30 "
              "interleaved pairs. Pipeline: spatial SVD at 0.7 (at sqrt(target) above 0.49), then channel pruning "
@@ -152,34 +155,40 @@ def table(results: list[dict], command: str) -> str:
         lines.append(f"| {r['model']} | {r['scheme']} | {describe(r['options'])} | {r['target']} | {r['ratio']:.3f} | "
                      f"{r['acc']:.3f} | {r['evals']} | {r['dict_s']:.1f} | {r['pure']:.1f} | {r['seconds']:.1f} | "
                      f"{r['lat1']:.2f} / {r['lat64']:.2f} |")
-    lines += ["", "AIMET on the same model (anchors README): weight SVD 0.443 at 0.381 (48.8 s), 0.704 at 0.511; "
-              "spatial SVD 0.704 at 0.399 (37.9 s); channel pruning 0.851 at 0.262 with 500 samples (64.2 s), "
-              "0.954 at 0.176 (124.6 s).", "", f"![accuracy vs MAC ratio]({PLOT})", END]
+    if "anchor" in models:
+        lines += ["", "AIMET on the same model (anchors README): weight SVD 0.443 at 0.381 (48.8 s), 0.704 at 0.511; "
+                  "spatial SVD 0.704 at 0.399 (37.9 s); channel pruning 0.851 at 0.262 with 500 samples (64.2 s), "
+                  "0.954 at 0.176 (124.6 s)."]
+    lines += ["", f"![accuracy vs MAC ratio]({PLOT})", END]
     return "\n".join(lines)
 
 
 def plot(results: list[dict], path: Path) -> None:
+    """Accuracy vs achieved MAC ratio, one panel per model; AIMET's points on the anchor's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    models = list(dict.fromkeys(r["model"] for r in results)) or ["anchor"]
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models) ** 0.5 + 1.5 * (len(models) - 1), 4.5),
+                             squeeze=False)
     colors = {"weight_svd": "tab:blue", "spatial_svd": "tab:orange", "channel_pruning": "tab:green",
               "pipeline": "tab:purple"}
-    for scheme, color in colors.items():
-        pts = sorted((r["ratio"], r["acc"]) for r in results
-                     if r["scheme"] == scheme and not r["options"] and r["model"] == "anchor")
-        if pts:
-            ax.plot(*zip(*pts), "o-", color=color, label=f"onnx_compress {scheme}")
-        if scheme in AIMET:
-            ax.plot([p[0] for p in AIMET[scheme]], [p[1] for p in AIMET[scheme]], "x", color=color, markersize=9,
-                    label=f"AIMET {scheme}")
-    ax.set_xlabel("achieved MAC ratio (compressed / original)")
-    ax.set_ylabel("test accuracy, no fine-tuning")
-    ax.set_title("Anchor ResNet: onnx_compress (o) vs AIMET (x)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    for ax, model in zip(axes[0], models):
+        for scheme, color in colors.items():
+            pts = sorted((r["ratio"], r["acc"]) for r in results
+                         if r["scheme"] == scheme and not r["options"] and r["model"] == model)
+            if pts:
+                ax.plot(*zip(*pts), "o-", color=color, label=f"onnx_compress {scheme}")
+            if scheme in AIMET and model == "anchor":
+                ax.plot([p[0] for p in AIMET[scheme]], [p[1] for p in AIMET[scheme]], "x", color=color,
+                        markersize=9, label=f"AIMET {scheme}")
+        ax.set_xlabel("achieved MAC ratio (compressed / original)")
+        ax.set_ylabel("test accuracy, no fine-tuning")
+        ax.set_title("Anchor ResNet: onnx_compress (o) vs AIMET (x)" if model == "anchor" else model)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -200,7 +209,8 @@ def main() -> None:
     args = p.parse_args()
     global USE_CUDA, BEGIN, END, PLOT
     if args.rows == "full":  # its own section and plot, beside the goal rows
-        BEGIN, END = "<!-- bench_anchor_full:begin -->", "<!-- bench_anchor_full:end -->"
+        tag = "" if args.models == "anchor" else ":" + args.models.replace(",", "+")  # one section per model set
+        BEGIN, END = f"<!-- bench_anchor_full{tag}:begin -->", f"<!-- bench_anchor_full{tag}:end -->"
         PLOT = f"{'_'.join(args.models.split(','))}_full_accuracy_vs_mac.png"
     if args.cuda:
         if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -12,6 +12,7 @@ in the same run as full evaluations on a ready session (median of 3).
 from __future__ import annotations
 
 import argparse
+from fractions import Fraction
 import statistics
 import sys
 import tempfile
@@ -70,15 +71,20 @@ def run(targets: list[float]) -> tuple[list[dict], list[dict]]:
                         speed.append(dict(model=model, scheme=scheme, evaluations=sel["evaluations"],
                                           dictionary=sel["dictionary_seconds"], inside=sel["eval_seconds"],
                                           pure=one_eval * sel["evaluations"], total=time.perf_counter() - t0))
-                    results[method] = dict(ratio=st.mac_ratio, acc=st.final_score, expected=sel["expected_score"])
+                    results[method] = dict(ratio=st.mac_ratio, acc=st.final_score, expected=sel["expected_score"],
+                                           exact=Fraction(st.mac_after, st.mac_before))
                 equal = None
                 if "ratio" in results.get("threshold", {}):
                     try:
-                        _, st = oc.compress_auto(path, scheme, results["threshold"]["ratio"], evaluate,
+                        # the exact ratio: a rounded float can fall just below it and exclude
+                        # the threshold's own selection
+                        _, st = oc.compress_auto(path, scheme, results["threshold"].pop("exact"), evaluate,
                                                  saved_eval_scores_dict=scores, **extra)
                         equal = dict(ratio=st.mac_ratio, acc=st.final_score)
                     except oc.CompressionError:
                         equal = None
+                for r in results.values():
+                    r.pop("exact", None)
                 rows.append(dict(model=model, scheme=scheme, target=target, **{
                     f"{m}_{k}": v for m, r in results.items() for k, v in r.items()}, equal=equal))
                 print(model, scheme, target, results, equal, file=sys.stderr, flush=True)

@@ -31,6 +31,7 @@ from fractions import Fraction
 import numpy as np
 import scipy.linalg
 
+from .. import blas
 from ..cost import check_multiplicity, check_ratio
 from ..errors import ParameterError
 
@@ -518,9 +519,14 @@ def reconstruct_toward(patches: np.ndarray, targets: np.ndarray, weight0: np.nda
 class GramFit:
     """Regularised refits (see `reconstruct_toward`) for many channel subsets of one layer.
 
-    The layer's patches (n, C, K) and targets (n, n_out) are reduced once to X^T X, X^T Y
-    and Y^T Y on a fit split, a held-out split and all samples; each `fit(keep, w0)` then
-    slices the kept channels' rows and columns and solves, without touching the samples.
+    Two exact forms of the same solve, whichever is smaller:
+    * primal (more samples than unknowns): the samples are reduced once to X^T X, X^T Y
+      and Y^T Y on a fit split, a held-out split and all samples; each `fit(keep, w0)`
+      slices the kept channels' rows and columns and solves D x D systems (D unknowns);
+    * dual (fewer samples than unknowns, the usual case for wide convs with a few hundred
+      samples): with t = W0^T + X^T u, the n x n system (X X^T + lam I) u = Y - X W0^T
+      gives the same minimiser; an unpenalised bias is handled by centring X and Y.
+      On the anchor's 128 x 1152 convs with 500 samples this is several times faster.
     """
 
     def __init__(self, patches: np.ndarray, targets: np.ndarray, fit_bias: bool, holdout: float = 0.2,
@@ -528,41 +534,108 @@ class GramFit:
         n, self.c, self.k = patches.shape
         x = patches.reshape(n, self.c * self.k).astype(np.float64)
         y = targets.astype(np.float64)
-        if fit_bias:
-            x = np.concatenate([x, np.ones((n, 1))], axis=1)
         self.fit_bias = fit_bias
         order = np.random.default_rng(seed).permutation(n)
         n_val = int(round(n * holdout)) if n >= 10 else 0
         val, fit = order[:n_val], order[n_val:]
-        self.parts = {}
-        for name, idx in (("fit", fit), ("val", val), ("all", order)):
-            xs, ys = x[idx], y[idx]
-            self.parts[name] = (xs.T @ xs, xs.T @ ys, float((ys * ys).sum()))
         self.has_val = n_val > 0
+        self.n = n
+        self.rows = {"fit": (x[fit], y[fit]), "val": (x[val], y[val]), "all": (x[order], y[order])}
+        self.parts = None  # primal Grams, made on first use
+        self._x, self._y, self._idx = x, y, {"fit": fit, "val": val, "all": order}
+
+    def _grams(self) -> dict:
+        if self.parts is None:
+            x = self._x
+            if self.fit_bias:
+                x = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+            self.parts = {}
+            for name, idx in self._idx.items():
+                xs, ys = x[idx], self._y[idx]
+                self.parts[name] = (xs.T @ xs, xs.T @ ys, float((ys * ys).sum()))
+        return self.parts
 
     def _index(self, keep: np.ndarray) -> np.ndarray:
         cols = (np.asarray(keep)[:, None] * self.k + np.arange(self.k)).reshape(-1)
         return np.concatenate([cols, [self.c * self.k]]) if self.fit_bias else cols
 
-    def fit(self, keep: np.ndarray, weight0: np.ndarray, alphas=ALPHAS):
-        """Weight (n_out, len(keep), K), bias or None, alpha: refit on channels `keep`."""
-        idx = self._index(keep)
+    def _cols(self, keep: np.ndarray) -> np.ndarray:
+        return (np.asarray(keep)[:, None] * self.k + np.arange(self.k)).reshape(-1)
+
+    def fit(self, keep: np.ndarray, weight0: np.ndarray, alphas=ALPHAS, form: str = "auto"):
+        """Weight (n_out, len(keep), K), bias or None, alpha: refit on channels `keep`.
+
+        `form`: "auto" (dual when there are fewer samples than unknowns), "primal", "dual".
+        """
         w0 = weight0.reshape(len(weight0), -1).astype(np.float64)
+        d = w0.shape[1]
+        if form == "auto":
+            form = "dual" if self.n < d else "primal"
+        solver = self._fit_dual if form == "dual" else self._fit_primal
+        with blas.single_thread(max(min(self.n, d), self.c * self.k)):
+            t, bias, best = solver(keep, w0, alphas)
+        weight = t.T.reshape(len(w0), len(keep), self.k)
+        return weight, bias, float(best)
+
+    def _fit_primal(self, keep, w0, alphas):
+        parts = self._grams()
+        idx = self._index(keep)
         d = w0.shape[1]
         best = alphas[min(3, len(alphas) - 1)]
         if self.has_val:
-            gf, bf, _ = self.parts["fit"]
-            gv, bv, yv = self.parts["val"]
+            gf, bf, _ = parts["fit"]
+            gv, bv, yv = parts["val"]
             a, b = gf[np.ix_(idx, idx)], bf[idx]
             av, bvv = gv[np.ix_(idx, idx)], bv[idx]
             scale = max(np.trace(a[:d, :d]) / d, 1e-30)
             errors = []
             for alpha in alphas:
                 t = _solve_toward(a, b, w0, alpha * scale, self.fit_bias)
-                errors.append(float(np.einsum("ij,ik,kj->", t, av, t) - 2 * (t * bvv).sum() + yv))
+                # ||X_v t - Y_v||^2 = tr(t' A_v t) - 2 tr(t' B_v) + ||Y_v||^2; A_v @ t by BLAS
+                # (a three-operand einsum ran this as an unblocked triple loop)
+                errors.append(float((t * (av @ t)).sum() - 2 * (t * bvv).sum() + yv))
             best = alphas[int(np.argmin(errors))]
-        g, gy, _ = self.parts["all"]
+        g, gy, _ = parts["all"]
         a, b = g[np.ix_(idx, idx)], gy[idx]
         t = _solve_toward(a, b, w0, best * max(np.trace(a[:d, :d]) / d, 1e-30), self.fit_bias)
-        weight = t[:d].T.reshape(len(w0), len(keep), self.k)
-        return weight, (t[d] if self.fit_bias else None), float(best)
+        return t[:d], (t[d] if self.fit_bias else None), best
+
+    def _dual_solver(self, split: str, cols: np.ndarray, w0: np.ndarray):
+        """(solve(lam) -> (t (D, n_out), bias or None), scale) for one split's rows."""
+        x, y = self.rows[split]
+        x = x[:, cols]
+        scale = max(float((x * x).sum()) / x.shape[1], 1e-30)  # trace(X^T X) / D, as in the primal
+        if self.fit_bias:
+            mx, my = x.mean(axis=0), y.mean(axis=0)
+            x, y = x - mx, y - my
+        r = y - x @ w0.T
+        k = x @ x.T
+        jitter = 1e-10 * max(np.trace(k) / len(k), 1e-30)
+
+        def solve(lam: float):
+            a = k + (lam + jitter) * np.eye(len(k))
+            try:
+                u = scipy.linalg.solve(a, r, assume_a="pos", check_finite=False)
+            except (np.linalg.LinAlgError, ValueError):
+                u = scipy.linalg.lstsq(a, r, check_finite=False)[0]
+            t = w0.T + x.T @ u
+            return t, ((my - mx @ t) if self.fit_bias else None)
+
+        return solve, scale
+
+    def _fit_dual(self, keep, w0, alphas):
+        cols = self._cols(keep)
+        best = alphas[min(3, len(alphas) - 1)]
+        if self.has_val:
+            solve, scale = self._dual_solver("fit", cols, w0)
+            xv, yv = self.rows["val"]
+            xv = xv[:, cols]
+            errors = []
+            for alpha in alphas:
+                t, b = solve(alpha * scale)
+                pred = xv @ t + (b if b is not None else 0.0)
+                errors.append(float(((pred - yv) ** 2).sum()))
+            best = alphas[int(np.argmin(errors))]
+        solve, scale = self._dual_solver("all", cols, w0)
+        t, b = solve(best * scale)
+        return t, b, best

@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from .. import blas
 from ..cost import RankCost
 from ..errors import ShapeError
 from ..ir import NodeSpec
@@ -54,14 +55,15 @@ def whitened_factors(matrix: np.ndarray, cov: np.ndarray | None) -> tuple[np.nda
     """All-rank factors A (K, m), B (m, N), m = min(K, N): whitened_svd at rank r is
     A[:, :r], B[:r] (plain SVD when cov is None). One factorisation serves every rank."""
     w = np.asarray(matrix, dtype=np.float64)
-    if cov is None:
-        return truncated_svd(w, min(w.shape))
-    c = np.asarray(cov, dtype=np.float64)
-    ridge = 1e-6 * max(np.trace(c) / len(c), 1e-12)
-    chol = np.linalg.cholesky(c + ridge * np.eye(len(c)))
-    u, s, vt = np.linalg.svd(chol.T @ w, full_matrices=False)
-    root = np.sqrt(s)
-    return np.linalg.solve(chol.T, u * root), root[:, None] * vt
+    with blas.single_thread(max(w.shape)):
+        if cov is None:
+            return truncated_svd(w, min(w.shape))
+        c = np.asarray(cov, dtype=np.float64)
+        ridge = 1e-6 * max(np.trace(c) / len(c), 1e-12)
+        chol = np.linalg.cholesky(c + ridge * np.eye(len(c)))
+        u, s, vt = np.linalg.svd(chol.T @ w, full_matrices=False)
+        root = np.sqrt(s)
+        return np.linalg.solve(chol.T, u * root), root[:, None] * vt
 
 
 def singular_values(matrix: np.ndarray) -> np.ndarray:
