@@ -655,7 +655,7 @@ def _exact_goal(units, dictionary, current, current_total, total, target_q, meth
 
 
 def _verified_choice(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit, verify,
-                     goal_of=None):
+                     goal_of=None, scored=None):
     """Score the finalist selections on the real combined model; keep the best.
 
     Finalists: the selection `method` makes under both objectives ("product", "sum") and,
@@ -703,6 +703,8 @@ def _verified_choice(units, dictionary, current, current_total, total, target_q,
         score = float(eval_callback(swapper.session(overrides), iterations, use_cuda))
         dictionary.verified.append({"method": sel.method, "expected": sel.expected_score, "score": score,
                                     "estimate": goal_of is not None})
+        if scored is not None:
+            scored.append((sel, score))
         if best_score is None or score > best_score:
             best, best_score = sel, score
     return best
@@ -741,8 +743,13 @@ def _select_and_apply(units, dictionary, current, current_total, total, target_q
                     return _exact_goal(units, dictionary, current, current_total, total, target_q, meth,
                                        use_monotonic_fit, metric, dims, exact, objective=objective)
 
+                scored = []
                 chosen = _verified_choice(units, dictionary, current, current_total, total, target_q, method,
-                                          use_monotonic_fit, verify, goal_of=goal_of)
+                                          use_monotonic_fit, verify, goal_of=goal_of, scored=scored)
+                built = _build_close_finalists(scored, chosen, by_unit, current, name, metric, multiplicity, dims,
+                                               settings, trainer, verify, dictionary, total, target_q, measure)
+                if built is not None:
+                    return built
             if chosen is None:
                 chosen = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit)
             ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in chosen.choices.items() if opt.ratio != 1.0}
@@ -774,6 +781,37 @@ def _select_and_apply(units, dictionary, current, current_total, total, target_q
         raise ParameterError(f"no selection met the target {float(target_q):g} once measured "
                              f"(last: {float(achieved):.4f}); lower the target a little")
     return best
+
+
+CLOSE_CALL = 0.01  # finalists estimated within this fraction of the baseline score are built and scored
+
+
+def _build_close_finalists(scored, chosen, by_unit, current, name, metric, multiplicity, dims, settings, trainer,
+                           verify, dictionary, total, target_q, measure):
+    """Channel pruning: when finalists' estimated scores are a close call (within
+    CLOSE_CALL x |baseline| of the best), build each of them for real and keep the best
+    built model that meets the target. Returns (chosen, out, stats, skipped) or None."""
+    if chosen is None or len(scored) < 2:
+        return None
+    best_estimate = max(score for _, score in scored)
+    margin = CLOSE_CALL * max(abs(dictionary.baseline), 1e-12)
+    close = [sel for sel, score in scored if score >= best_estimate - margin]
+    if len(close) < 2:
+        return None
+    eval_callback, iterations, use_cuda = verify
+    best = None
+    for sel in close:
+        ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in sel.choices.items() if opt.ratio != 1.0}
+        out, step_stats, more = _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
+        cost_after = measure(out, sel) if measure else layers.analyze(out, dims).total(metric)
+        if Fraction(cost_after, total) > target_q:
+            continue
+        score = runtime.evaluate(out, eval_callback, iterations, use_cuda)
+        dictionary.verified.append({"method": sel.method, "expected": sel.expected_score, "score": score,
+                                    "estimate": False})
+        if best is None or score > best[0]:
+            best = (score, (sel, out, step_stats, more))
+    return None if best is None else best[1]
 
 
 def _ratio_of(unit, key: float) -> Fraction:

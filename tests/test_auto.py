@@ -266,14 +266,21 @@ def test_verified_finalists_keep_the_best_real_score():
     assert all(stats.final_score >= t - 1e-6 for t in threshold)
 
 
-def test_channel_pruning_scores_its_finalists_and_keeps_the_best():
-    """Channel pruning: knapsack (both objectives) and threshold finalists, each meeting the
-    target by its exact cost, scored with all their groups' weights swapped in; the
-    selection built is the best-scoring one and its measured ratio meets the target."""
+def _cp_auto(target=0.6):
     test = np.load(MODELS / "digits32_test.npz")
     ev = accuracy({"input": test["input"][:200], "labels": test["labels"][:200]})
-    _, stats = oc.compress_auto(MODELS / "vgg_small.onnx", "channel_pruning", 0.6, ev, candidates=5,
-                                data=MODELS / "digits32_calib.npz", num_reconstruction_samples=200)
+    return oc.compress_auto(MODELS / "vgg_small.onnx", "channel_pruning", target, ev, candidates=5,
+                            data=MODELS / "digits32_calib.npz", num_reconstruction_samples=200)
+
+
+def test_channel_pruning_scores_its_finalists_and_keeps_the_best(monkeypatch):
+    """Channel pruning: knapsack (both objectives) and threshold finalists, each meeting the
+    target by its exact cost, scored with all their groups' weights swapped in (an
+    estimate); the selection built is the best-estimated one and meets the target."""
+    from onnx_compress import api
+
+    monkeypatch.setattr(api, "CLOSE_CALL", 0.0)  # no close calls: estimates decide
+    _, stats = _cp_auto()
     verified = stats.selection["verified"]
     assert len(verified) >= 2 and all(v["estimate"] for v in verified)
     methods = {v["method"] for v in verified}
@@ -281,3 +288,17 @@ def test_channel_pruning_scores_its_finalists_and_keeps_the_best():
     assert stats.mac_ratio <= 0.6
     best = max(verified, key=lambda v: v["score"])
     assert stats.selection["expected_score"] == pytest.approx(best["expected"], abs=1e-9)
+
+
+def test_channel_pruning_builds_close_finalists_and_keeps_the_best_built(monkeypatch):
+    """Close calls (here: every finalist) are built and scored for real; the model returned
+    is the best built one, and its score is what the statistics report."""
+    from onnx_compress import api
+
+    monkeypatch.setattr(api, "CLOSE_CALL", 10.0)
+    _, stats = _cp_auto()
+    real = [v for v in stats.selection["verified"] if not v["estimate"]]
+    estimated = [v for v in stats.selection["verified"] if v["estimate"]]
+    assert len(real) == len(estimated) >= 2
+    assert stats.final_score == pytest.approx(max(v["score"] for v in real), abs=1e-9)
+    assert stats.mac_ratio <= 0.6
