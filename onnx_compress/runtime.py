@@ -57,17 +57,11 @@ def check_providers(sess: ort.InferenceSession, use_cuda: bool) -> ort.Inference
 
 
 def options(threads: int | None = None) -> ort.SessionOptions:
-    """Session options for the library's own sessions: quiet, `threads` intra-op threads,
-    and worker threads that sleep when idle. ORT's default has them spin after each run,
-    which took the cores from the numpy work (refits, SVDs) between our runs: the anchor's
-    channel-pruning refits ran about 3x slower beside spinning evaluation sessions."""
+    """Session options for the library's own sessions: quiet, `threads` intra-op threads."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    if os.environ.get("ONNX_COMPRESS_SPIN", "0") != "1":
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return opts
 
 
