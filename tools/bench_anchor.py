@@ -91,7 +91,8 @@ def one_run(model: str, scheme: str, target: float, **options) -> dict:
         # spatial SVD to 0.7 first (or to sqrt(target) for targets above 0.49), then channel pruning
         m1, s1 = oc.compress_auto(path, "spatial_svd", max(0.7, target ** 0.5), evaluate, **extra)
         ignore = [l.name for l in oc.inspect(m1).compressible if l.name.startswith(first)]
-        model_out, s2 = oc.compress_auto(m1, "channel_pruning", target / s1.mac_ratio, evaluate,
+        # the spatial step can land at or under the target already: then pruning keeps all
+        model_out, s2 = oc.compress_auto(m1, "channel_pruning", min(1.0, target / s1.mac_ratio), evaluate,
                                          reference_model=path, **dict(extra, modules_to_ignore=ignore))
         ratio, acc = s1.mac_ratio * s2.mac_ratio, s2.final_score
         evals = s1.selection["evaluations"] + s2.selection["evaluations"]
