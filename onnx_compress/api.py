@@ -724,12 +724,20 @@ def _select_and_apply(units, dictionary, current, current_total, total, target_q
     from .select import greedy
 
     by_unit = {u.name: u for u in units}
+
+    def build(sel):
+        """(out, layer stats, skipped) of the model with selection `sel` applied."""
+        ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in sel.choices.items() if opt.ratio != 1.0}
+        return _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
+
+    def achieved(out, sel) -> Fraction:
+        """The built model's cost ratio, as measured."""
+        return Fraction(measure(out, sel) if measure else layers.analyze(out, dims).total(metric), total)
+
     if name != "channel_pruning" and verify is not None:
         chosen = _verified_choice(units, dictionary, current, current_total, total, target_q, method,
                                   use_monotonic_fit, verify)
-        ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in chosen.choices.items() if opt.ratio != 1.0}
-        out, step_stats, more = _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
-        return chosen, out, step_stats, more
+        return (chosen, *build(chosen))
     if (name == "channel_pruning" and (measure is None or exact is not None) and units
             and all(u.effects is not None for u in units)):
         goal = _exact_goal(units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit,
@@ -746,16 +754,13 @@ def _select_and_apply(units, dictionary, current, current_total, total, target_q
                 scored = []
                 chosen = _verified_choice(units, dictionary, current, current_total, total, target_q, method,
                                           use_monotonic_fit, verify, goal_of=goal_of, scored=scored)
-                built = _build_close_finalists(scored, chosen, by_unit, current, name, metric, multiplicity, dims,
-                                               settings, trainer, verify, dictionary, total, target_q, measure)
+                built = _build_close_finalists(scored, chosen, build, achieved, verify, dictionary, target_q)
                 if built is not None:
                     return built
             if chosen is None:
                 chosen = greedy.choose(units, dictionary, current_total, total, goal, method, use_monotonic_fit)
-            ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in chosen.choices.items() if opt.ratio != 1.0}
-            out, step_stats, more = _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
-            cost_after = measure(out, chosen) if measure else layers.analyze(out, dims).total(metric)
-            if Fraction(cost_after, total) <= target_q:
+            out, step_stats, more = build(chosen)
+            if achieved(out, chosen) <= target_q:
                 return chosen, out, step_stats, more
     goal, best, tries = target_q, None, (4 if name == "channel_pruning" and trainer is None else 1)
     for _ in range(tries):
@@ -765,12 +770,11 @@ def _select_and_apply(units, dictionary, current, current_total, total, target_q
             if goal == target_q:
                 raise
             break
-        ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in chosen.choices.items() if opt.ratio != 1.0}
-        out, step_stats, more = _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
-        achieved = Fraction(measure(out, chosen) if measure else layers.analyze(out, dims).total(metric), total)
-        if achieved <= target_q and (best is None or chosen.expected_score > best[0].expected_score):
+        out, step_stats, more = build(chosen)
+        ratio = achieved(out, chosen)
+        if ratio <= target_q and (best is None or chosen.expected_score > best[0].expected_score):
             best = (chosen, out, step_stats, more)
-        gap = target_q - achieved
+        gap = target_q - ratio
         if abs(gap) < Fraction(1, 200):
             break
         new_goal = min(Fraction(1), goal + gap)
@@ -779,18 +783,18 @@ def _select_and_apply(units, dictionary, current, current_total, total, target_q
         goal = new_goal
     if best is None:
         raise ParameterError(f"no selection met the target {float(target_q):g} once measured "
-                             f"(last: {float(achieved):.4f}); lower the target a little")
+                             f"(last: {float(ratio):.4f}); lower the target a little")
     return best
 
 
 CLOSE_CALL = 0.01  # finalists estimated within this fraction of the baseline score are built and scored
 
 
-def _build_close_finalists(scored, chosen, by_unit, current, name, metric, multiplicity, dims, settings, trainer,
-                           verify, dictionary, total, target_q, measure):
+def _build_close_finalists(scored, chosen, build, achieved, verify, dictionary, target_q):
     """Channel pruning: when finalists' estimated scores are a close call (within
-    CLOSE_CALL x |baseline| of the best), build each of them for real and keep the best
-    built model that meets the target. Returns (chosen, out, stats, skipped) or None."""
+    CLOSE_CALL x |baseline| of the best), build each of them for real (`build(sel)`, its
+    ratio `achieved(out, sel)`) and keep the best built model that meets the target.
+    Returns (chosen, out, stats, skipped) or None."""
     if chosen is None or len(scored) < 2:
         return None
     best_estimate = max(score for _, score in scored)
@@ -801,10 +805,8 @@ def _build_close_finalists(scored, chosen, by_unit, current, name, metric, multi
     eval_callback, iterations, use_cuda = verify
     best = None
     for sel in close:
-        ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in sel.choices.items() if opt.ratio != 1.0}
-        out, step_stats, more = _final(current, name, ratios, metric, multiplicity, dims, settings, trainer)
-        cost_after = measure(out, sel) if measure else layers.analyze(out, dims).total(metric)
-        if Fraction(cost_after, total) > target_q:
+        out, step_stats, more = build(sel)
+        if achieved(out, sel) > target_q:
             continue
         score = runtime.evaluate(out, eval_callback, iterations, use_cuda)
         dictionary.verified.append({"method": sel.method, "expected": sel.expected_score, "score": score,

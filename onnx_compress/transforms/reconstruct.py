@@ -540,7 +540,6 @@ class GramFit:
         val, fit = order[:n_val], order[n_val:]
         self.has_val = n_val > 0
         self.n = n
-        self.rows = {"fit": (x[fit], y[fit]), "val": (x[val], y[val]), "all": (x[order], y[order])}
         self.parts = None  # primal Grams, made on first use
         self._x, self._y, self._idx = x, y, {"fit": fit, "val": val, "all": order}
 
@@ -555,12 +554,14 @@ class GramFit:
                 self.parts[name] = (xs.T @ xs, xs.T @ ys, float((ys * ys).sum()))
         return self.parts
 
-    def _index(self, keep: np.ndarray) -> np.ndarray:
-        cols = (np.asarray(keep)[:, None] * self.k + np.arange(self.k)).reshape(-1)
-        return np.concatenate([cols, [self.c * self.k]]) if self.fit_bias else cols
-
     def _cols(self, keep: np.ndarray) -> np.ndarray:
+        """Columns of X for the kept channels (each channel's K patch entries)."""
         return (np.asarray(keep)[:, None] * self.k + np.arange(self.k)).reshape(-1)
+
+    def _index(self, keep: np.ndarray) -> np.ndarray:
+        """Rows/columns of the primal Grams: the kept channels' columns, then the bias."""
+        cols = self._cols(keep)
+        return np.concatenate([cols, [self.c * self.k]]) if self.fit_bias else cols
 
     def fit(self, keep: np.ndarray, weight0: np.ndarray, alphas=ALPHAS, form: str = "auto"):
         """Weight (n_out, len(keep), K), bias or None, alpha: refit on channels `keep`.
@@ -602,8 +603,8 @@ class GramFit:
 
     def _dual_solver(self, split: str, cols: np.ndarray, w0: np.ndarray):
         """(solve(lam) -> (t (D, n_out), bias or None), scale) for one split's rows."""
-        x, y = self.rows[split]
-        x = x[:, cols]
+        rows = self._idx[split]
+        x, y = self._x[np.ix_(rows, cols)], self._y[rows]
         scale = max(float((x * x).sum()) / x.shape[1], 1e-30)  # trace(X^T X) / D, as in the primal
         if self.fit_bias:
             mx, my = x.mean(axis=0), y.mean(axis=0)
@@ -628,8 +629,8 @@ class GramFit:
         best = alphas[min(3, len(alphas) - 1)]
         if self.has_val:
             solve, scale = self._dual_solver("fit", cols, w0)
-            xv, yv = self.rows["val"]
-            xv = xv[:, cols]
+            rows = self._idx["val"]
+            xv, yv = self._x[np.ix_(rows, cols)], self._y[rows]
             errors = []
             for alpha in alphas:
                 t, b = solve(alpha * scale)
