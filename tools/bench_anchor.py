@@ -90,13 +90,15 @@ def one_run(model: str, scheme: str, target: float, **options) -> dict:
     if scheme == "pipeline":
         # spatial SVD to 0.7 first (or to sqrt(target) for targets above 0.49), then channel pruning
         m1, s1 = oc.compress_auto(path, "spatial_svd", max(0.7, target ** 0.5), evaluate, **extra)
-        ignore = [l.name for l in oc.inspect(m1).compressible if l.name.startswith(first)]
-        # the spatial step can land at or under the target already: then pruning keeps all
-        model_out, s2 = oc.compress_auto(m1, "channel_pruning", min(1.0, target / s1.mac_ratio), evaluate,
-                                         reference_model=path, **dict(extra, modules_to_ignore=ignore))
-        ratio, acc = s1.mac_ratio * s2.mac_ratio, s2.final_score
-        evals = s1.selection["evaluations"] + s2.selection["evaluations"]
-        dict_s = s1.selection["dictionary_seconds"] + s2.selection["dictionary_seconds"]
+        ratio, acc, model_out = s1.mac_ratio, s1.final_score, m1
+        evals, dict_s = s1.selection["evaluations"], s1.selection["dictionary_seconds"]
+        if s1.mac_ratio > target:  # the spatial step can land at or under the target: no pruning then
+            ignore = [l.name for l in oc.inspect(m1).compressible if l.name.startswith(first)]
+            model_out, s2 = oc.compress_auto(m1, "channel_pruning", target / s1.mac_ratio, evaluate,
+                                             reference_model=path, **dict(extra, modules_to_ignore=ignore))
+            ratio, acc = s1.mac_ratio * s2.mac_ratio, s2.final_score
+            evals += s2.selection["evaluations"]
+            dict_s += s2.selection["dictionary_seconds"]
     else:
         model_out, st = oc.compress_auto(path, scheme, target, evaluate, **extra)
         ratio, acc = st.mac_ratio, st.final_score
