@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------ native API
 def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
-             cost_metric: str = "mac", multiplicity: int = 1, input_shape=None,
+             cost_metric: str = "mac", multiplicity: int | str = 1, input_shape=None,
              eval_callback: Callable | None = None, eval_iterations: int | None = None,
              use_cuda: bool = False, data=None, num_reconstruction_samples: int = 2000,
              allow_custom_downsample_ops: bool = False, selection: str = "magnitude",
@@ -43,7 +43,9 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     or one for all); a ratio is the layer's cost after / before under `cost_metric`
     ("mac"/"memory"); channel pruning's upstream savings come on top and are measured in
     the model totals. multiplicity: ranks / kept channels are rounded down to multiples
-    of it (never to 0). input_shape: fixes dynamic input dims for the cost model: a tuple,
+    of it (never to 0); "auto": to the channel block of ONNX Runtime's fast conv layout on
+    the chosen provider (8 on AVX2 CPUs, 16 with AVX-512, 8 on CUDA), which is what makes
+    the compressed convs run faster in ORT (see docs/benchmarks.md). input_shape: fixes dynamic input dims for the cost model: a tuple,
     a list of tuples in input order, or {input name: tuple}.
     eval_callback(session, iterations, use_cuda) -> float scores the model before and
     after (optional).
@@ -68,7 +70,9 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     if metric == "latency":
         raise ParameterError("cost_metric='latency' is for auto mode (compress_auto, CLI --target): a layer's "
                              "latency is measured, not computed, so manual ratios are 'mac' or 'memory' ratios")
-    multiplicity = cost.check_multiplicity(multiplicity)
+    if isinstance(multiplicity, str):  # "auto": say which block it stood for
+        parameters["multiplicity"] = f"{multiplicity} ({cost.check_multiplicity(multiplicity, use_cuda)})"
+    multiplicity = cost.check_multiplicity(multiplicity, use_cuda)
     settings = None
     if "channel_pruning" in steps or data is not None:
         settings = pruning.PruneSettings(
@@ -307,7 +311,7 @@ class _SvdParameters:
     AutoModeParams = _SvdAutoModeParams
     scheme = ""
 
-    def __init__(self, mode, params, multiplicity: int = 1, data_loader=None, num_reconstruction_samples: int = 2000):
+    def __init__(self, mode, params, multiplicity: int | str = 1, data_loader=None, num_reconstruction_samples: int = 2000):
         self.mode = mode
         self.data_loader = data_loader
         self.num_reconstruction_samples = num_reconstruction_samples
@@ -351,7 +355,7 @@ class ChannelPruningParameters:
     scheme = "channel_pruning"
 
     def __init__(self, data_loader, num_reconstruction_samples: int, allow_custom_downsample_ops: bool,
-                 mode, params, multiplicity: int = 1):
+                 mode, params, multiplicity: int | str = 1):
         self.data_loader = data_loader
         self.num_reconstruction_samples = num_reconstruction_samples
         self.allow_custom_downsample_ops = allow_custom_downsample_ops
@@ -427,7 +431,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
                   *, cost_metric: str = "mac", candidates: int = 10, use_monotonic_fit: bool = False,
                   method: str = "knapsack", rank_select: str = "greedy", modules_to_ignore=None,
                   config_list=None, saved_eval_scores_dict=None, scores_out=None, workers: int = 1,
-                  trainer=None, multiplicity: int = 1, input_shape=None, use_cuda: bool = False, data=None,
+                  trainer=None, multiplicity: int | str = 1, input_shape=None, use_cuda: bool = False, data=None,
                   num_reconstruction_samples: int = 2000, selection: str = "magnitude", reconstruct: bool = True,
                   seed: int = 0, progress: Callable | None = None,
                   verify_finalists: bool = True, data_aware: bool = True, reference_model=None, svd_refit: bool = False,
@@ -475,7 +479,9 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     name = _scheme_name(scheme)
     metric = cost.check_metric(cost_metric)
     grid = "mac" if metric == "latency" else metric  # candidates (and fixed ratios) on the MAC grid
-    multiplicity = cost.check_multiplicity(multiplicity)
+    if isinstance(multiplicity, str):  # "auto": say which block it stood for
+        parameters["multiplicity"] = f"{multiplicity} ({cost.check_multiplicity(multiplicity, use_cuda)})"
+    multiplicity = cost.check_multiplicity(multiplicity, use_cuda)
     target_q = cost.check_ratio(target, "target_comp_ratio")
     timer = _latency_timer(metric, latency_batch_size, allow_slower_splits, latency_repeats, use_cuda)
     if eval_callback is None:
@@ -536,6 +542,8 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     scheme_key = name if rank_select == "greedy" else f"{name}/tar"
     if name != "channel_pruning" and settings is not None and settings.data_aware:
         scheme_key += "/data-aware"
+    if multiplicity > 1:  # other sizes behind the same ratio keys: a table made for another multiplicity is refused
+        scheme_key += f"/multiplicity-{multiplicity}"
     if saved_eval_scores_dict is not None:
         table = scores_io.load(saved_eval_scores_dict)
         scores_io.check_matches(table, digest, scheme_key, grid, keys, [u.name for u in units])

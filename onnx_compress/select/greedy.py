@@ -114,6 +114,8 @@ def svd_units(analysis: Analysis, scheme: str, names: list[str], keys: list[floa
                 continue
             if tar and multiplicity > 1:
                 rank = min(rc.max_rank, max(multiplicity, -(-rank // multiplicity) * multiplicity))
+            if any(c.size == rank for c in cands):  # rounding made it a repeat: one evaluation is enough
+                continue
             cands.append(Candidate(key, rank, rc.at(rank), rc.ratio(rank)))
         if not cands:
             skipped[name] = "no candidate rank fits (layer too small for these ratios)"

@@ -96,7 +96,7 @@ def _unit(root, group, members, sampler, rng, keys, settings, costs, multiplicit
         if q.numerator * size < q.denominator:
             continue
         keep = max(reconstruct.kept_count(size, q, multiplicity), int(group.locked.sum()))
-        if keep >= size:
+        if keep >= size or any(c[1] == keep for c in choices):  # past the top, or a repeat after rounding
             continue
         kept = reconstruct.SELECTORS[settings.selection](patches_view, weight_view, keep, group.locked)
         removed = np.setdiff1d(np.arange(size), kept)
