@@ -71,8 +71,8 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
         raise ParameterError("cost_metric='latency' is for auto mode (compress_auto, CLI --target): a layer's "
                              "latency is measured, not computed, so manual ratios are 'mac' or 'memory' ratios")
     if isinstance(multiplicity, str):  # "auto": say which block it stood for
-        parameters["multiplicity"] = f"{multiplicity} ({cost.check_multiplicity(multiplicity, use_cuda)})"
-    multiplicity = cost.check_multiplicity(multiplicity, use_cuda)
+        parameters["multiplicity"] = f"{multiplicity} ({resolve_multiplicity(multiplicity, use_cuda)})"
+    multiplicity = resolve_multiplicity(multiplicity, use_cuda)
     settings = None
     if "channel_pruning" in steps or data is not None:
         settings = pruning.PruneSettings(
@@ -109,6 +109,16 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     )
     _write_report(report_path, stats)
     return current, stats
+
+
+def resolve_multiplicity(multiplicity, use_cuda: bool = False) -> int:
+    """An integer >= 1, or "auto": the channel block of ONNX Runtime's fast conv layout on
+    the chosen provider (runtime.channel_block: 8 on AVX2 CPUs, 16 with AVX-512, 8 on CUDA,
+    1 where there is none), so ranks and kept channels land on it and the compressed
+    layers run in the blocked kernels."""
+    if isinstance(multiplicity, str) and multiplicity.strip().lower() == "auto":
+        return runtime.channel_block(bool(use_cuda))
+    return cost.check_multiplicity(multiplicity)
 
 
 def _report_path(visualization):
@@ -323,13 +333,13 @@ class _SvdParameters:
 
 
 class WeightSvdParameters(_SvdParameters):
-    """Weight SVD settings: mode (Mode.manual/auto), its params, rank multiplicity."""
+    """Weight SVD settings: mode (Mode.manual/auto), its params, rank multiplicity (an integer or "auto")."""
 
     scheme = "weight_svd"
 
 
 class SpatialSvdParameters(_SvdParameters):
-    """Spatial SVD settings: mode (Mode.manual/auto), its params, rank multiplicity."""
+    """Spatial SVD settings: mode (Mode.manual/auto), its params, rank multiplicity (an integer or "auto")."""
 
     scheme = "spatial_svd"
 
@@ -480,8 +490,8 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     metric = cost.check_metric(cost_metric)
     grid = "mac" if metric == "latency" else metric  # candidates (and fixed ratios) on the MAC grid
     if isinstance(multiplicity, str):  # "auto": say which block it stood for
-        parameters["multiplicity"] = f"{multiplicity} ({cost.check_multiplicity(multiplicity, use_cuda)})"
-    multiplicity = cost.check_multiplicity(multiplicity, use_cuda)
+        parameters["multiplicity"] = f"{multiplicity} ({resolve_multiplicity(multiplicity, use_cuda)})"
+    multiplicity = resolve_multiplicity(multiplicity, use_cuda)
     target_q = cost.check_ratio(target, "target_comp_ratio")
     timer = _latency_timer(metric, latency_batch_size, allow_slower_splits, latency_repeats, use_cuda)
     if eval_callback is None:

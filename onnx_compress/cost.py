@@ -42,15 +42,8 @@ def check_metric(metric: str) -> str:
     return metric
 
 
-def check_multiplicity(multiplicity, use_cuda: bool = False) -> int:
-    """An integer >= 1, or "auto": the channel block of ONNX Runtime's fast conv layout on
-    the chosen provider (runtime.channel_block: 8 on AVX2 CPUs, 16 with AVX-512, 8 on CUDA,
-    1 where there is none), so ranks and kept channels land on it and the compressed
-    layers run in the blocked kernels."""
-    if isinstance(multiplicity, str) and multiplicity.strip().lower() == "auto":
-        from . import runtime
-
-        return runtime.channel_block(bool(use_cuda))
+def check_multiplicity(multiplicity) -> int:
+    """An integer >= 1 ("auto" is resolved to one before it gets here: api.resolve_multiplicity)."""
     if not isinstance(multiplicity, int) or isinstance(multiplicity, bool) or multiplicity < 1:
         raise ParameterError(f"multiplicity must be an integer >= 1 or 'auto', got {multiplicity!r}")
     return multiplicity

@@ -14,6 +14,7 @@ import nets
 from refs import cli
 import onnx_compress as oc
 from onnx_compress import cost, runtime
+from onnx_compress.api import resolve_multiplicity
 from onnx_compress.evaluators import fidelity
 from onnx_compress.select import greedy
 
@@ -84,11 +85,12 @@ def test_channel_block_is_what_ort_blocks_convs_at(tmp_path):
 
 
 def test_auto_multiplicity_resolves_and_bad_values_are_refused():
-    assert cost.check_multiplicity("auto") == runtime.channel_block()
-    assert cost.check_multiplicity(" AUTO ", use_cuda=True) == 8
+    assert resolve_multiplicity("auto") == runtime.channel_block()
+    assert resolve_multiplicity(" AUTO ", use_cuda=True) == 8
+    assert resolve_multiplicity(4) == 4
     for bad in ("fast", 0, -8, 2.0, True):
         with pytest.raises(oc.ParameterError, match="multiplicity"):
-            cost.check_multiplicity(bad)
+            resolve_multiplicity(bad)
 
 
 def _wide():
