@@ -170,8 +170,9 @@ def table(results: list[dict], command: str) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: Path) -> None:
-    """Accuracy vs achieved MAC ratio, one panel per model; AIMET's points on the anchor's."""
+def plot(results: list[dict], path: Path, base: dict | None = None) -> None:
+    """Accuracy vs achieved MAC ratio, one panel per model; AIMET's points on the anchor's.
+    Only rows run with the run's own options (`base`; not the ablations) are drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,7 +186,7 @@ def plot(results: list[dict], path: Path) -> None:
     for ax, model in zip(axes[0], models):
         for scheme, color in colors.items():
             pts = sorted((r["ratio"], r["acc"]) for r in results
-                         if r["scheme"] == scheme and not r["options"] and r["model"] == model)
+                         if r["scheme"] == scheme and r["options"] == (base or {}) and r["model"] == model)
             if pts:
                 ax.plot(*zip(*pts), "o-", color=color, label=f"onnx_compress {scheme}")
             if scheme in AIMET and model == "anchor":
@@ -210,6 +211,8 @@ def main() -> None:
     p.add_argument("--models", default="anchor")
     p.add_argument("--ablations", action="store_true")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--multiplicity", default=None, metavar="M",
+                   help="multiplicity for every row (an integer or 'auto'; default: the library's, 1)")
     p.add_argument("--cuda", action="store_true",
                    help="run on CUDAExecutionProvider (onnxruntime-gpu and a GPU); the figures then go to a "
                         "separate GPU section of docs/benchmarks.md")
@@ -225,7 +228,12 @@ def main() -> None:
         USE_CUDA = True
         BEGIN, END = "<!-- bench_anchor_gpu:begin -->", "<!-- bench_anchor_gpu:end -->"
     results = []
+    base = {}
+    if args.multiplicity is not None:
+        base = {"multiplicity": args.multiplicity if args.multiplicity == "auto" else int(args.multiplicity)}
     for model, scheme, target, options in rows_for(args.rows, args.models.split(","), args.ablations):
+        if base and "multiplicity" not in options:
+            options = dict(options, **base)
         try:
             r = one_run(model, scheme, target, **options)
         except oc.CompressionError as exc:  # e.g. an unreachable target: say so in the table
@@ -240,7 +248,7 @@ def main() -> None:
     if not args.no_write:
         write(section)
         if not args.cuda:
-            plot(results, ROOT / "docs" / PLOT)
+            plot(results, ROOT / "docs" / PLOT, base)
 
 
 if __name__ == "__main__":
