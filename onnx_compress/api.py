@@ -70,9 +70,7 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     if metric == "latency":
         raise ParameterError("cost_metric='latency' is for auto mode (compress_auto, CLI --target): a layer's "
                              "latency is measured, not computed, so manual ratios are 'mac' or 'memory' ratios")
-    if isinstance(multiplicity, str):  # "auto": say which block it stood for
-        parameters["multiplicity"] = f"{multiplicity} ({resolve_multiplicity(multiplicity, use_cuda)})"
-    multiplicity = resolve_multiplicity(multiplicity, use_cuda)
+    multiplicity = resolve_multiplicity(multiplicity, use_cuda, parameters)
     settings = None
     if "channel_pruning" in steps or data is not None:
         settings = pruning.PruneSettings(
@@ -111,13 +109,17 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     return current, stats
 
 
-def resolve_multiplicity(multiplicity, use_cuda: bool = False) -> int:
+def resolve_multiplicity(multiplicity, use_cuda: bool = False, parameters: dict | None = None) -> int:
     """An integer >= 1, or "auto": the channel block of ONNX Runtime's fast conv layout on
     the chosen provider (runtime.channel_block: 8 on AVX2 CPUs, 16 with AVX-512, 8 on CUDA,
     1 where there is none), so ranks and kept channels land on it and the compressed
-    layers run in the blocked kernels."""
+    layers run in the blocked kernels. `parameters` (a call's recorded parameters): "auto"
+    is recorded with the block it stood for, e.g. "auto (8)"."""
     if isinstance(multiplicity, str) and multiplicity.strip().lower() == "auto":
-        return runtime.channel_block(bool(use_cuda))
+        block = runtime.channel_block(bool(use_cuda))
+        if parameters is not None:
+            parameters["multiplicity"] = f"{multiplicity} ({block})"
+        return block
     return cost.check_multiplicity(multiplicity)
 
 
@@ -489,9 +491,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     name = _scheme_name(scheme)
     metric = cost.check_metric(cost_metric)
     grid = "mac" if metric == "latency" else metric  # candidates (and fixed ratios) on the MAC grid
-    if isinstance(multiplicity, str):  # "auto": say which block it stood for
-        parameters["multiplicity"] = f"{multiplicity} ({resolve_multiplicity(multiplicity, use_cuda)})"
-    multiplicity = resolve_multiplicity(multiplicity, use_cuda)
+    multiplicity = resolve_multiplicity(multiplicity, use_cuda, parameters)
     target_q = cost.check_ratio(target, "target_comp_ratio")
     timer = _latency_timer(metric, latency_batch_size, allow_slower_splits, latency_repeats, use_cuda)
     if eval_callback is None:

@@ -115,14 +115,16 @@ def one_run(model: str, scheme: str, target: float, **options) -> dict:
                 lat64=latency_ratio(original, model_out, 64), options=options)
 
 
-def rows_for(kind: str, models: list[str], ablations: bool) -> list[tuple]:
+def rows_for(kind: str, models: list[str], ablations: bool, base: dict | None = None) -> list[tuple]:
+    """(model, scheme, target, options) per row; `base` options go into every row."""
+    base = base or {}
     plan = []
     for model in models:
         pairs = GOALS if kind == "goals" else [(s, t) for s in ("weight_svd", "spatial_svd", "channel_pruning",
                                                                 "pipeline") for t in FULL_TARGETS]
         for scheme, target in pairs:
             plan.append((model, scheme, target, {}))
-            if ablations:  # ranks / kept channels on ORT's conv channel block (the latency fix)
+            if ablations and "multiplicity" not in base:  # ranks / kept channels on ORT's conv channel block
                 plan.append((model, scheme, target, {"multiplicity": "auto"}))
             if ablations and scheme in ("weight_svd", "spatial_svd"):
                 plan.append((model, scheme, target, {"data_aware": False}))
@@ -131,7 +133,7 @@ def rows_for(kind: str, models: list[str], ablations: bool) -> list[tuple]:
                 plan.append((model, scheme, target, {"selection": "greedy"}))
                 plan.append((model, scheme, target, {"reconstruct": False}))
                 plan.append((model, scheme, target, {"method": "threshold"}))
-    return plan
+    return [(m, sc, t, {**base, **o}) for m, sc, t, o in plan]
 
 
 def describe(options: dict) -> str:
@@ -153,8 +155,8 @@ def table(results: list[dict], command: str) -> str:
              "fine-tuning, 500 reconstruction samples (channel pruning) and data-aware SVD from the 256 "
              f"calibration images. Latency ratio: compressed / original, ORT {device}, 2 threads, median of 30 "
              "interleaved pairs, each model run through `runtime.runner` (inputs and outputs bound once, intra-op "
-             "threads stop spinning when a run returns); *b64 <= MAC + 0.10*: the issue's latency goal. Pipeline: spatial SVD at 0.7 (at sqrt(target) above 0.49), then channel pruning "
-             "to the target. Targets a scheme cannot reach are left out.", "",
+             "threads stop spinning when a run returns); *b64 <= MAC + 0.10*: the issue's latency goal. Pipeline: "
+             "spatial SVD at 0.7 (at sqrt(target) above 0.49), then channel pruning to the target. Targets a scheme cannot reach are left out.", "",
              "| model | scheme | options | target | achieved MAC | accuracy | evals | dictionary s | pure inference s "
              "| whole run s | latency b1 / b64 | b64 <= MAC + 0.10 |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -231,9 +233,7 @@ def main() -> None:
     base = {}
     if args.multiplicity is not None:
         base = {"multiplicity": args.multiplicity if args.multiplicity == "auto" else int(args.multiplicity)}
-    for model, scheme, target, options in rows_for(args.rows, args.models.split(","), args.ablations):
-        if base and "multiplicity" not in options:
-            options = dict(options, **base)
+    for model, scheme, target, options in rows_for(args.rows, args.models.split(","), args.ablations, base):
         try:
             r = one_run(model, scheme, target, **options)
         except oc.CompressionError as exc:  # e.g. an unreachable target: say so in the table
