@@ -72,8 +72,16 @@ def _parse_floats(text: str, flag: str) -> list[float]:
         raise ParameterError(f"{flag} expects numbers like 0.5 or 0.7,0.7, got {text!r}") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the module's error contract: one line on stderr, exit status 2 (argparse
+    itself prints the whole usage block first). Subcommand parsers are made of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="onnx-compress",
         description="Compress ONNX models: weight SVD, spatial SVD and channel pruning with "
                     "per-layer ratios.",

@@ -147,3 +147,20 @@ def test_external_data_is_kept(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["out.onnx", "out.onnx.data"]
     x = b.random_input(b.cnn_model())
     assert b.run(onnx.load(str(out)), x)[0].shape == (2, 10)
+
+
+@pytest.mark.parametrize("args", [
+    ("compress", "MODEL", "-o", "OUT", "--ratio", "0.5"),  # --scheme missing
+    ("compress", "MODEL", "-o", "OUT", "--scheme", "weight_svd", "--ratio", "0.5", "--multiplicity", "0"),
+    ("compress", "MODEL", "-o", "OUT", "--scheme", "weight_svd", "--ratio", "0.5", "--metric", "speed"),
+    ("frobnicate",),
+])
+def test_argument_errors_are_one_line(model_path, tmp_path, args):
+    out = tmp_path / "out.onnx"
+    args = [str(model_path) if a == "MODEL" else str(out) if a == "OUT" else a for a in args]
+    r = cli(*args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnx-compress") and "error:" in lines[0]
+    assert "--help" in lines[0]
+    assert not out.exists()
