@@ -31,6 +31,7 @@ import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 from onnx import shape_inference
 from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnx_graphsurgeon.logger import G_LOGGER
 
 from . import progress
 from .errors import ModelLoadError, ParameterError, ShapeError
@@ -85,7 +86,109 @@ def load(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         )
     if not proto.opset_import or not proto.graph.node:
         raise ModelLoadError(f"{where}: not an ONNX model (no graph nodes or no opset import)")
-    return proto
+    return normalize(proto)
+
+
+# ------------------------------------------------------------------------ normalizing
+#: Ops never folded into constants: quantized weights stay quantized (a DequantizeLinear
+#: of an int8 weight is what a QDQ model is made of), random ops stay random.
+_NO_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal",
+                      "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"})
+#: A folded tensor larger than this stays computed (an Expand or Tile of a small constant).
+FOLD_LIMIT = 64 * 2**20
+
+
+def normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model in the form every later step expects, with the same outputs for every input.
+
+    * IR version 3 and older (every initializer also listed in `graph.input`, as older
+      exporters and the ONNX model zoo write them): initializers are taken out of the
+      inputs and the IR version raised to what the opsets need (at least 4), so that new
+      initializers written by a rewrite keep the model valid.
+    * Constants reaching layers indirectly: `Constant` nodes (paddle2onnx stores every
+      weight there) and every tensor computed only from constants (Reshape, Unsqueeze,
+      Cast, Transpose, Concat ... of constants, e.g. paddle2onnx's conv bias
+      `Add(Conv(x), Reshape(Constant[C], Constant[4]))` or a Caffe-era
+      `Mul(x, Unsqueeze(b[C]))`) are folded into initializers by onnx-graphsurgeon, and
+      `Shape` of a statically known shape into its value. Node names are kept, so layer
+      names stay stable. Quantize/Dequantize nodes are not folded.
+    Models whose weights stay on disk (file-backed) are only given the IR change.
+    """
+    _raise_ir_version(proto)
+    if is_file_backed(proto) or not _foldable(proto.graph):
+        return proto
+    try:
+        graph = gs.import_onnx(proto)
+        outputs = {t.name for t in graph.outputs}
+
+        def exclude(node: gs.Node) -> bool:
+            return (node.op in _NO_FOLD or (node.domain or "") not in ("", "ai.onnx")
+                    or any(t.name in outputs for t in node.outputs))
+
+        graph.toposort(recurse_subgraphs=True)
+        severity, G_LOGGER.severity = G_LOGGER.severity, G_LOGGER.ERROR  # its per-node notes are not ours
+        import onnxruntime  # what graph-surgeon folds with: its optimizer's warnings are not the user's
+
+        onnxruntime.set_default_logger_severity(3)
+        try:
+            graph.fold_constants(fold_shapes=True, recurse_subgraphs=True, partitioning="basic",
+                                 size_threshold=FOLD_LIMIT, should_exclude_node=exclude)
+        finally:
+            G_LOGGER.severity = severity
+            onnxruntime.set_default_logger_severity(2)  # ORT's default
+        folded = export(graph, proto, check=False)
+        if not too_big(folded):
+            onnx.checker.check_model(folded)
+    except Exception as exc:  # the unfolded model is still right; folding only helps
+        log.warning("constant folding skipped (%s: %s); layers fed through computed constants "
+                    "may be refused", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return proto
+    return folded
+
+
+def _raise_ir_version(proto: onnx.ModelProto) -> None:
+    if proto.ir_version >= 4:
+        return
+
+    def strip(g: onnx.GraphProto) -> None:
+        inits = {t.name for t in g.initializer}
+        keep = [i for i in g.input if i.name not in inits]
+        if len(keep) != len(g.input):
+            del g.input[:]
+            g.input.extend(keep)
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    strip(attr.g)
+                for sub in attr.graphs:
+                    strip(sub)
+
+    strip(proto.graph)
+    try:
+        need = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    except Exception:
+        need = 4
+    log.info("IR version %d model: initializers taken out of the graph inputs, IR version raised to %d",
+             proto.ir_version, max(4, need))
+    proto.ir_version = max(4, need)
+
+
+def _foldable(graph: onnx.GraphProto) -> bool:
+    """Whether the graph (or a subgraph) has a Constant node, a Shape node, or a node whose
+    inputs are all constants: anything `normalize` would fold."""
+    const = {t.name for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type in ("Constant", "Shape"):
+            return True
+        if (node.op_type not in _NO_FOLD and node.input and node.domain in ("", "ai.onnx")
+                and all(not n or n in const for n in node.input)):
+            return True
+        for attr in node.attribute:
+            if attr.HasField("g") and _foldable(attr.g):
+                return True
+            if any(_foldable(sub) for sub in attr.graphs):
+                return True
+    return False
 
 
 # ----------------------------------------------------------------- file-backed tensors
@@ -546,6 +649,88 @@ def static_shapes(proto: onnx.ModelProto, input_dims: dict[str, Shape]) -> dict[
 
     collect(model.graph)
     return shapes
+
+
+def expose_tensors(proto: onnx.ModelProto, wanted: dict[str, int]) -> tuple[onnx.ModelProto, dict[str, tuple[str, int]]]:
+    """A copy of `proto` whose main graph also outputs the tensors `wanted` (name -> ONNX
+    elem type), including tensors inside If branches and Loop/Scan bodies.
+
+    Returns the copy and {tensor: (output name, leading dims to drop)}: a tensor inside a
+    Loop/Scan body comes out stacked over the iterations (one leading dim per level); one
+    inside an If branch comes out of the If when that branch ran (the other branch yields an
+    empty tensor of the same type). Tensors it cannot reach are left out.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    taken = {n for g in _all_graphs(model.graph) for node in g.node for n in list(node.output) + list(node.input)}
+    taken |= {v.name for g in _all_graphs(model.graph) for v in list(g.input) + list(g.output)}
+    counter = [0]
+
+    def fresh(base: str) -> str:
+        while True:
+            counter[0] += 1
+            name = f"{base}__probe{counter[0]}"
+            if name not in taken:
+                taken.add(name)
+                return name
+
+    def typed(name: str, elem: int) -> onnx.ValueInfoProto:
+        return onnx.helper.make_tensor_value_info(name, elem, None)
+
+    def expose(g: onnx.GraphProto) -> dict[str, tuple[str, int]]:
+        """Tensors of `wanted` in `g` or below, as names available in `g` (with dims to drop)."""
+        local = {n for node in g.node for n in node.output} | {v.name for v in g.input} | \
+            {t.name for t in g.initializer}
+        found = {name: (name, 0) for name in wanted if name in local}
+        for node in g.node:
+            for attr in node.attribute:
+                if node.op_type == "If" and attr.name in ("then_branch", "else_branch"):
+                    inner = expose(attr.g)
+                    other = next(a.g for a in node.attribute
+                                 if a.name == ("else_branch" if attr.name == "then_branch" else "then_branch"))
+                    for name, (sub_out, drop) in inner.items():
+                        if name in found:
+                            continue
+                        attr.g.output.append(typed(sub_out, wanted[name]))
+                        dummy = fresh(name)
+                        empty = onnx.helper.make_tensor(dummy, wanted[name], [0], [])
+                        other.node.append(onnx.helper.make_node("Constant", [], [dummy], value=empty))
+                        other.output.append(typed(dummy, wanted[name]))
+                        out = fresh(name)
+                        node.output.append(out)
+                        found[name] = (out, drop)
+                elif node.op_type in ("Loop", "Scan") and attr.name == "body":
+                    inner = expose(attr.g)
+                    for name, (sub_out, drop) in inner.items():
+                        if name in found:
+                            continue
+                        attr.g.output.append(typed(sub_out, wanted[name]))
+                        out = fresh(name)
+                        node.output.append(out)
+                        if node.op_type == "Scan":
+                            for a in node.attribute:
+                                if a.name == "scan_output_axes":
+                                    a.ints.append(0)
+                        found[name] = (out, drop + 1)
+        return found
+
+    found = expose(model.graph)
+    have = {o.name for o in model.graph.output}
+    for name, (out, _) in found.items():
+        if out not in have:
+            model.graph.output.append(typed(out, wanted[name]) if wanted[name] else onnx.ValueInfoProto(name=out))
+            have.add(out)
+    return model, found
+
+
+def _all_graphs(g: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield g
+    for node in g.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _all_graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _all_graphs(sub)
 
 
 # ------------------------------------------------------------------------------ saving

@@ -138,6 +138,27 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return out
 
 
+def shapes_by_execution(model: onnx.ModelProto, feed: dict[str, np.ndarray],
+                        wanted: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the tensors `wanted` (name -> ONNX elem type), subgraph tensors included,
+    found by running `model` once on `feed` on the CPU (`ir.expose_tensors`). A tensor in an
+    If branch that did not run, or in a loop that ran no iteration, is left out."""
+    exposed, where = ir.expose_tensors(model, wanted)
+    if not where:
+        return {}
+    names = list(dict.fromkeys(out for out, _ in where.values()))
+    sess = session(exposed, threads=1)
+    values = dict(zip(names, sess.run(names, feed)))
+    shapes = {}
+    for name, (out, drop) in where.items():
+        if not isinstance(values[out], np.ndarray):  # a sequence or map: no tensor shape
+            continue
+        shape = tuple(int(d) for d in values[out].shape)
+        if len(shape) >= drop and 0 not in shape:
+            shapes[name] = shape[drop:]
+    return shapes
+
+
 def evaluate(model: onnx.ModelProto, eval_callback: EvalCallback, iterations: int | None,
              use_cuda: bool) -> float:
     """Score `model` with the user's callback: eval_callback(session, iterations, use_cuda)."""
