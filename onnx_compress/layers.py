@@ -44,6 +44,7 @@ class Layer:
     memory: int
     reason: str | None  # why it is not a layer at all (None: it is one)
     in_subgraph: bool = False
+    shape_note: str | None = None  # why its input/output shape is unknown, when it is
 
     @property
     def attrs(self) -> dict:
@@ -107,10 +108,8 @@ def cost_of(layer: Layer, metric: str) -> int:
     if metric == "memory":
         return layer.memory
     if layer.mac is None:
-        raise ShapeError(
-            f"layer '{layer.name}': its input/output shapes are unknown, so its MACs cannot be "
-            "counted; pass input_shape (CLI: --input-shape NAME=d0,d1,...) to fix dynamic dimensions"
-        )
+        raise ShapeError(f"layer '{layer.name}': its input/output shapes are unknown, so its MACs cannot be "
+                         f"counted: {layer.shape_note or 'shape inference could not resolve them'}")
     return layer.mac
 
 
@@ -119,11 +118,18 @@ def resolve_input_dims(proto: onnx.ModelProto, input_shape=None,
                        data_shapes: dict[str, Shape] | None = None) -> dict[str, Shape]:
     """Concrete shapes for the main graph's inputs.
 
-    Priority: `input_shape` (a tuple, a list of tuples in input order, or a dict by name),
-    then the shapes of calibration data, then static dims; a symbolic first (batch)
-    dimension defaults to 1. Other dynamic dims are left out (their layers cost None).
+    Priority: `input_shape` (a tuple, a list of tuples in input order or for just the
+    inputs with dynamic dims, or a dict naming any of them), then the shapes of
+    calibration data, then static dims. Declared static dims are never overridden by the
+    data; its dynamic dims are taken, except each input's batch axis (data.batch_axes:
+    `state` [2, 'B', 128] -> axis 1), which is 1, as it is without data. Other dynamic dims
+    are left out (their layers cost None).
     """
+    from . import data as data_mod
+
     inputs = ir.graph_inputs(proto)
+    specs = data_mod.model_inputs(proto)
+    axes = data_mod.batch_axes(specs)
     given: dict[str, Shape] = {}
     if input_shape is not None:
         if isinstance(input_shape, dict):
@@ -132,12 +138,17 @@ def resolve_input_dims(proto: onnx.ModelProto, input_shape=None,
             shapes = list(input_shape)
             if shapes and all(isinstance(d, (int, np.integer)) for d in shapes):
                 shapes = [tuple(shapes)]
+            targets = inputs
             if len(shapes) != len(inputs):
-                raise ParameterError(
-                    f"input_shape gives {len(shapes)} shape(s) but the model has {len(inputs)} "
-                    f"input(s): {[i.name for i in inputs]}"
-                )
-            given = {i.name: tuple(int(d) for d in s) for i, s in zip(inputs, shapes)}
+                targets = [i for i in inputs if not specs[i.name].static]
+                if len(shapes) != len(targets):
+                    raise ParameterError(
+                        f"input_shape gives {len(shapes)} shape(s) but the model has {len(inputs)} "
+                        f"input(s) {[i.name for i in inputs]}, {len(targets)} of them with dynamic dims "
+                        f"{[i.name for i in targets]}: give one shape per input, one per dynamic input, "
+                        "or a dict by name"
+                    )
+            given = {i.name: tuple(int(d) for d in s) for i, s in zip(targets, shapes)}
         unknown = set(given) - {i.name for i in inputs}
         if unknown:
             raise ParameterError(
@@ -146,7 +157,7 @@ def resolve_input_dims(proto: onnx.ModelProto, input_shape=None,
             )
     dims: dict[str, Shape] = {}
     for inp in inputs:
-        declared = inp.type.tensor_type.shape.dim if inp.type.HasField("tensor_type") else []
+        declared = specs[inp.name].dims
         if inp.name in given:
             shape = given[inp.name]
             if declared and len(declared) != len(shape):
@@ -156,15 +167,21 @@ def resolve_input_dims(proto: onnx.ModelProto, input_shape=None,
                 )
             dims[inp.name] = shape
             continue
-        if data_shapes and inp.name in data_shapes:
-            dims[inp.name] = tuple(data_shapes[inp.name])
+        data = tuple(data_shapes[inp.name]) if data_shapes and inp.name in data_shapes else None
+        if declared is None:  # rank unknown: the data's shape, batch 1
+            if data is not None:
+                dims[inp.name] = (1, *data[1:]) if data else ()
             continue
+        if data is not None and len(data) != len(declared):
+            data = None  # refused with context where the data is fed
         shape = []
         for k, d in enumerate(declared):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                shape.append(int(d.dim_value))
-            elif k == 0:
+            if isinstance(d, int):
+                shape.append(d)
+            elif k == axes[inp.name]:
                 shape.append(1)
+            elif data is not None:
+                shape.append(int(data[k]))
             else:
                 shape = None
                 break
@@ -178,14 +195,19 @@ def analyze(proto: onnx.ModelProto, input_shape=None,
             data_shapes: dict[str, Shape] | None = None) -> Analysis:
     """Import `proto` and list its layers with shapes and costs."""
     dims = resolve_input_dims(proto, input_shape, data_shapes)
-    shapes = _complete_shapes(proto, dims, ir.static_shapes(proto, dims))
+    try:
+        inferred = ir.static_shapes(proto, dims)
+    except ShapeError as exc:  # e.g. an op ONNX cannot infer: execution may still find the shapes
+        log.info("%s; finding layer shapes by execution", exc)
+        inferred = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    shapes, shape_note = _complete_shapes(proto, dims, inferred)
     graph = ir.import_graph(proto)
     layers: list[Layer] = []
     seen: dict[str, int] = {}
     for node, owner in ir.iter_nodes(graph):
         if node.op not in LAYER_OPS:
             continue
-        layer = _make_layer(node, owner, owner is not graph, shapes)
+        layer = _make_layer(node, owner, owner is not graph, shapes, shape_note)
         if layer.name in seen:
             raise LayerError(
                 f"two layers are both named '{layer.name}'; give the model unique node names "
@@ -197,21 +219,104 @@ def analyze(proto: onnx.ModelProto, input_shape=None,
 
 
 def _complete_shapes(proto: onnx.ModelProto, dims: dict[str, Shape],
-                     shapes: dict[str, Shape]) -> dict[str, Shape]:
-    """`shapes` plus what ONNX Runtime's symbolic shape inference resolves, when ONNX shape
-    inference left a main-graph layer's input or output unknown although every input has
-    concrete dims (exported transformers: position ids sliced from a constant by a
-    Shape-derived bound lose the sequence length for the rest of the graph)."""
-    inputs = ir.graph_inputs(proto)
-    if not inputs or any(i.name not in dims for i in inputs):
-        return shapes
-    missing = any(
-        node.op_type in LAYER_OPS and node.input and node.output
-        and (node.input[0] not in shapes or node.output[0] not in shapes)
-        for node in proto.graph.node
-    )
+                     shapes: dict[str, Shape]) -> tuple[dict[str, Shape], str | None]:
+    """`shapes` plus what later steps resolve for the layers' inputs and outputs that ONNX
+    shape inference left unknown, and a note saying why some still are (None when none).
+
+    1. ONNX Runtime's symbolic shape inference (exported transformers: position ids sliced
+       from a constant by a Shape-derived bound lose the sequence length for the rest of
+       the graph);
+    2. running the model once in ONNX Runtime on a probe input built from the resolved
+       input dims, with the missing tensors exposed as outputs, those inside If/Loop/Scan
+       subgraphs included (shapes computed by Shape/Gather/Concat/Reshape, STFT front ends).
+    Both need every graph input's dims; without them the note says which are dynamic.
+    """
+    missing = _missing(proto, shapes)
     if not missing:
-        return shapes
+        return shapes, None
+    inputs = ir.graph_inputs(proto)
+    free = [i.name for i in inputs if i.name not in dims]
+    if free:
+        return shapes, (f"input(s) {', '.join(repr(n) for n in free)} have dynamic dimensions; pass "
+                        "input_shape (CLI: --input-shape NAME=d0,d1,...) or calibration data to fix them")
+    notes = []
+    out = dict(shapes)
+    if any(name in _main_tensors(proto) for name in missing):
+        try:
+            out.update(_symbolic_shapes(proto, dims))
+        except ImportError as exc:
+            notes.append(f"symbolic shape inference is unavailable ({exc})")
+        except Exception as exc:  # noqa: BLE001 - the next step may still find the shapes
+            notes.append(f"symbolic shape inference failed ({type(exc).__name__}: {_first_line(exc)})")
+        missing = _missing(proto, out)
+    if missing:
+        try:
+            from . import runtime
+
+            out.update(runtime.shapes_by_execution(proto, _probe_feed(proto, dims), missing))
+        except Exception as exc:  # noqa: BLE001 - the layers keep unknown shapes, with the reason
+            notes.append(f"running the model on a probe input to find them failed "
+                         f"({type(exc).__name__}: {_first_line(exc)})")
+        else:
+            if _missing(proto, out):
+                notes.append("running the model on a probe input did not reach them (a branch or loop "
+                             "that did not run)")
+    return out, "; ".join(notes) or "shape inference could not resolve them"
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+def _main_tensors(proto: onnx.ModelProto) -> set[str]:
+    return {n for node in proto.graph.node for n in node.output}
+
+
+def _missing(proto: onnx.ModelProto, shapes: dict[str, Shape]) -> dict[str, int]:
+    """Tensors with no known shape that the analysis uses: every node output of the main
+    graph (the channel dependency graph walks them) and the inputs/outputs of layer nodes
+    in subgraphs. Name -> ONNX elem type (0 where not known; a layer's data tensors have its
+    weight's type)."""
+    out: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in node.output:
+            if name and name not in shapes:
+                out[name] = 0
+
+    def walk(g: onnx.GraphProto, main: bool) -> None:
+        inits = {t.name: t.data_type for t in g.initializer}
+        for node in g.node:
+            if not main and node.op_type in LAYER_OPS and len(node.input) >= 2 and node.output:
+                elem = inits.get(node.input[1], onnx.TensorProto.FLOAT)
+                for name in (node.input[0], node.output[0]):
+                    if name and name not in shapes:
+                        out[name] = elem
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    walk(attr.g, False)
+                for sub in attr.graphs:
+                    walk(sub, False)
+
+    walk(proto.graph, True)
+    return out
+
+
+def _symbolic_shapes(proto: onnx.ModelProto, dims: dict[str, Shape]) -> dict[str, Shape]:
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    model = _with_input_dims(proto, dims)
+    del model.graph.value_info[:]
+    model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    out = {}
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            out[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
+    return out
+
+
+def _with_input_dims(proto: onnx.ModelProto, dims: dict[str, Shape]) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     for inp in model.graph.input:
@@ -220,23 +325,27 @@ def _complete_shapes(proto: onnx.ModelProto, dims: dict[str, Shape],
             del tensor_dims[:]
             for d in dims[inp.name]:
                 tensor_dims.add().dim_value = int(d)
-    del model.graph.value_info[:]
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception as exc:  # optional help only: layers keep unknown shapes
-        log.debug("symbolic shape inference failed: %s", exc)
-        return shapes
-    out = dict(shapes)
-    for vi in list(model.graph.value_info) + list(model.graph.output):
-        t = vi.type.tensor_type
-        if vi.name not in out and t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
-            out[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
-    return out
+    return model
 
 
-def _make_layer(node, owner, in_subgraph: bool, shapes: dict[str, Shape]) -> Layer:
+def _probe_feed(proto: onnx.ModelProto, dims: dict[str, Shape]) -> dict[str, np.ndarray]:
+    """A feed of the resolved input dims: small random floats, ones for integers (valid
+    token ids and counts), False for booleans."""
+    rng = np.random.default_rng(0)
+    feed = {}
+    for inp in ir.graph_inputs(proto):
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type))
+        shape = dims[inp.name]
+        if np.issubdtype(dtype, np.floating):
+            feed[inp.name] = rng.normal(0.0, 0.5, size=shape).astype(dtype)
+        elif dtype == np.bool_:
+            feed[inp.name] = np.zeros(shape, dtype=dtype)
+        else:
+            feed[inp.name] = np.ones(shape, dtype=dtype)
+    return feed
+
+
+def _make_layer(node, owner, in_subgraph: bool, shapes: dict[str, Shape], shape_note: str | None) -> Layer:
     name = ir.node_name(node)
     in_shape = shapes.get(node.inputs[0].name) if node.inputs else None
     out_shape = shapes.get(node.outputs[0].name) if node.outputs else None
@@ -248,6 +357,7 @@ def _make_layer(node, owner, in_subgraph: bool, shapes: dict[str, Shape]) -> Lay
         name=name, op=node.op, node=node, graph=owner, weight=weight, in_shape=in_shape,
         out_shape=out_shape, mac=mac, memory=int(weight.size) if reason is None else 0,
         reason=reason, in_subgraph=in_subgraph,
+        shape_note=shape_note if (in_shape is None or out_shape is None) else None,
     )
 
 
