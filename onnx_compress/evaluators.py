@@ -14,8 +14,8 @@ from . import data as data_mod
 from .errors import DataError, ParameterError
 
 
-def _input_specs(session) -> dict[str, tuple]:
-    return {i.name: tuple(i.shape) for i in session.get_inputs()}
+def _input_specs(session) -> dict[str, data_mod.InputSpec]:
+    return data_mod.session_inputs(session)
 
 
 def accuracy(data, batch_size: int = 64) -> Callable:
@@ -30,12 +30,11 @@ def accuracy(data, batch_size: int = 64) -> Callable:
     def evaluate(session, iterations=None, use_cuda=False) -> float:
         specs = _input_specs(session)
         correct = total = 0
-        for i, feed in enumerate(data_mod.batches(data, batch_size)):
+        for i, feed in enumerate(data_mod.model_feeds(data, specs, batch_size, "evaluation data")):
             if iterations is not None and i >= iterations:
                 break
             if data_mod.LABELS not in feed:
                 raise DataError("accuracy evaluation needs an array named 'labels' in the data")
-            data_mod.check_feed(feed, specs, "evaluation data")
             logits = session.run(None, {k: feed[k] for k in specs})[0]
             pred = np.asarray(logits).reshape(len(logits), -1).argmax(axis=1)
             correct += int((pred == np.asarray(feed[data_mod.LABELS]).reshape(-1)).sum())
@@ -55,7 +54,8 @@ def fidelity(data, reference=None, batch_size: int = 64, measure: str = "auto") 
 
     `data`: as for `accuracy`, without the need for `labels` (a `labels` array is ignored).
     `reference`: the original model's first output on each batch of `data` (batches as
-    `data_mod.batches(data, batch_size)` cuts them), as a list of arrays, or a callable
+    `data_mod.model_feeds(data, specs, batch_size)` cuts them for the model's inputs: along
+    each input's batch axis, in the model's batch when it is static), as a list of arrays, or a callable
     returning that list (called once, on first use). With None, the *first session the
     callback is called with is taken as the original model*: its outputs become the
     reference (the compressor evaluates the original model first). A later call that
@@ -84,10 +84,9 @@ def fidelity(data, reference=None, batch_size: int = 64, measure: str = "auto") 
         record = ref is None
         outputs: list[np.ndarray] = []
         agree = total = 0.0
-        for i, feed in enumerate(data_mod.batches(data, batch_size)):
+        for i, feed in enumerate(data_mod.model_feeds(data, specs, batch_size, "fidelity data")):
             if iterations is not None and i >= iterations:
                 break
-            data_mod.check_feed(feed, specs, "fidelity data")
             out = np.asarray(session.run(first, {k: feed[k] for k in specs})[0])
             if record:
                 outputs.append(out)

@@ -77,22 +77,12 @@ class _Reader:
 
 def calibration_feeds(proto: onnx.ModelProto, data, max_batches: int | None = None,
                       where: str = "quantization data") -> list[dict[str, np.ndarray]]:
-    """The calibration batches, checked against the model's inputs (names, ranks, static dims)."""
-    dims = ir.input_dims(proto)
-    elem_types = {i.name: i.type.tensor_type.elem_type for i in ir.graph_inputs(proto)}
+    """The calibration batches, adapted to the model's inputs (data.model_feeds: batch axes,
+    scalars, a static batch, safe dtype casts) and checked (names, ranks, static dims)."""
+    specs = data_mod.model_inputs(proto)
     feeds = []
-    for feed in data_mod.batches(data):
-        feed = {k: v for k, v in feed.items() if k != data_mod.LABELS}
-        data_mod.check_feed(feed, dims, where)
-        out = {}
-        for name, elem in elem_types.items():
-            want = onnx.helper.tensor_dtype_to_np_dtype(elem)
-            arr = np.asarray(feed[name])
-            if arr.dtype != want:
-                if arr.dtype.kind != np.dtype(want).kind and not (arr.dtype.kind in "iu" and np.dtype(want).kind in "iu"):
-                    raise DataError(f"{where}: input '{name}' is {arr.dtype}, the model expects {np.dtype(want)}")
-                arr = arr.astype(want)
-            out[name] = arr
+    for feed in data_mod.model_feeds(data, specs, where=where):
+        out = {k: feed[k] for k in specs}
         feeds.append(out)
         if max_batches is not None and len(feeds) >= max_batches:
             break
