@@ -33,7 +33,7 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
              use_cuda: bool = False, data=None, num_reconstruction_samples: int = 2000,
              allow_custom_downsample_ops: bool = False, selection: str = "magnitude",
              reconstruct: bool = True, seed: int = 0, data_aware: bool = True, svd_refit: bool = False,
-             visualization=None) -> tuple[onnx.ModelProto, CompressionStats]:
+             modules_to_ignore=None, visualization=None) -> tuple[onnx.ModelProto, CompressionStats]:
     """Compress `model` with `scheme` at manually chosen per-layer ratios.
 
     model: path or ModelProto (not modified). scheme: "weight_svd", "spatial_svd",
@@ -57,6 +57,8 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     `svd_refit` (weight SVD of Gemm/MatMul, with data): then refit each split's second
     factor by least squares, in graph order, so its outputs on the compressed model's
     inputs match the original layer's (corrects errors passed down by earlier splits).
+    modules_to_ignore: layer names never to compress (skipped with that reason when one
+    ratio applies to all; naming one in `ratios` too is an error).
     visualization: path of an HTML report to write (see onnx_compress.report).
     Returns the compressed ModelProto and its statistics (achieved figures measured on it).
     """
@@ -85,14 +87,19 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     proto = ir.load(model)
     first = layers.analyze(proto, input_shape, _data_shapes(data) if data is not None else None)
     dims = first.input_dims
+    ignored = _ignored(first, modules_to_ignore)
     baseline = runtime.evaluate(proto, eval_callback, eval_iterations, use_cuda) if eval_callback else None
     current, layer_stats, skipped = proto, [], []
+    census = None
     for index, (name, step) in enumerate(zip(steps, step_ratios)):
         log.info("%s: compressing", name)
+        if name == "channel_pruning":
+            census = pruning.lock_census(first if index == 0 else layers.analyze(current, dims))
         step_settings = settings
         if name == "channel_pruning" and index > 0:  # refit toward the uncompressed model's outputs
             step_settings = dataclasses.replace(settings, reference=proto)
-        current, lstats, lskipped = _run_step(current, name, step, metric, multiplicity, dims, step_settings)
+        current, lstats, lskipped = _run_step(current, name, step, metric, multiplicity, dims, step_settings,
+                                              ignored)
         layer_stats += lstats
         skipped += lskipped
     after = layers.analyze(current, dims)
@@ -104,6 +111,7 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
         layers=tuple(layer_stats), skipped=tuple(skipped),
         baseline_score=baseline, final_score=final, input_dims=dict(dims),
         per_layer=per_layer_rows(first, after, layer_stats, skipped), parameters=parameters,
+        channel_groups=census,
     )
     _write_report(report_path, stats)
     return current, stats
@@ -150,24 +158,26 @@ def _write_report(path, stats) -> None:
 
 
 def _data_shapes(data) -> dict[str, tuple[int, ...]] | None:
-    """Shapes of the first calibration batch with batch size 1, to fix dynamic dims."""
+    """Shapes of the calibration data's arrays as given (an .npz or dict's whole arrays,
+    an iterable's first feed), to fix dynamic dims: layers.resolve_input_dims keeps the
+    declared static dims and takes 1 for each input's batch axis."""
     try:
-        shapes = data_mod.first_shapes(data)
+        return data_mod.first_shapes(data)
     except CompressionError:
         return None  # reported with context when the data is used
-    return {k: (1, *v[1:]) for k, v in shapes.items() if len(v) >= 1}
 
 
-def _run_step(proto, name: str, ratios, metric: str, multiplicity: int, dims, settings):
-    """One scheme on `proto`: returns (new proto, layer stats, skipped layers)."""
+def _run_step(proto, name: str, ratios, metric: str, multiplicity: int, dims, settings, ignored=None):
+    """One scheme on `proto`: returns (new proto, layer stats, skipped layers).
+    `ignored`: layer name -> why it is left out (never compressed)."""
     analysis = layers.analyze(proto, dims)
     if name == "channel_pruning":
-        plans, skipped = manual.plan_channels(analysis, pruning.check_layer, ratios)
+        plans, skipped = manual.plan_channels(analysis, pruning.check_layer, ratios, ignored)
         out, lstats, more = pruning.prune(proto, plans, settings, dims, multiplicity,
                                           named=isinstance(ratios, dict))
         return out, lstats, skipped + more
     scheme_obj = SCHEMES[name]
-    plans, skipped = manual.plan(analysis, scheme_obj, ratios, metric, multiplicity)
+    plans, skipped = manual.plan(analysis, scheme_obj, ratios, metric, multiplicity, ignored)
     moments = None
     if settings is not None and settings.data is not None and settings.data_aware and plans:
         from .moments import input_moments
@@ -200,6 +210,24 @@ def _run_step(proto, name: str, ratios, metric: str, multiplicity: int, dims, se
     return out, layer_stats, skipped
 
 
+def _dry_run(proto, analysis, name: str, names: list[str], metric: str, multiplicity: int, dims, settings) -> None:
+    """Rewrite the layers `names` of a copy at ratio 0.5 (plain SVD; pruning without
+    reconstruction, on few samples) and check the result, before the eval-score dictionary
+    is paid for: a model that the rewrite cannot write validly fails in seconds, not after
+    every evaluation. Per-layer refusals are left to the search, which reports them."""
+    if not names:
+        return
+    others = {layer.name: "not in this run" for layer in analysis.compressible if layer.name not in set(names)}
+    quick = None
+    if name == "channel_pruning":
+        quick = dataclasses.replace(settings, reconstruct=False, selection="magnitude",
+                                    num_reconstruction_samples=min(64, settings.num_reconstruction_samples))
+    try:
+        _run_step(proto, name, 0.5, metric, multiplicity, dims, quick, others)
+    except CompressionError as exc:
+        log.debug("dry run: %s", exc)
+
+
 def _step_ratios(steps: list[str], ratios) -> list:
     if isinstance(ratios, (list, tuple)) and len(steps) > 1:
         if all(isinstance(r, (dict, int, float, str)) for r in ratios) and len(ratios) == len(steps):
@@ -220,11 +248,44 @@ def inspect(model, input_shape=None) -> layers.Analysis:
     return layers.analyze(ir.load(model), input_shape)
 
 
-def eligibility(layer: layers.Layer) -> dict[str, str | None]:
-    """Scheme name -> None when the scheme applies to `layer`, else the reason it does not."""
-    out = {name: s.check(layer) for name, s in SCHEMES.items()}
-    out["channel_pruning"] = pruning.check_layer(layer)
+def eligibility(layer: layers.Layer, analysis: layers.Analysis | None = None,
+                metric: str = "mac") -> dict[str, str | None]:
+    """Scheme name -> None when the scheme applies to `layer`, else the reason it does not.
+
+    With the layer's `analysis`, the reasons `compress` finds only when it tries are
+    found too: a split never cheaper than the layer under `metric`, and a channel group
+    whose every channel is locked (e.g. a stem conv fed by a graph input), so `inspect`
+    lists a layer as eligible only where `compress` can change it.
+    """
+    out = {}
+    for name, scheme in SCHEMES.items():
+        why = scheme.check(layer)
+        if why is None and (metric == "memory" or layer.mac is not None):
+            rc = scheme.rank_cost(layer, metric)
+            if rc.max_rank == 0:
+                why = f"{name} is never cheaper than this layer ({metric} at rank 1: {rc.at(1)} >= {rc.before})"
+        out[name] = why
+    why = pruning.check_layer(layer)
+    if why is None and analysis is not None:
+        from .transforms import depgraph
+
+        group = depgraph.build_group(layer, analysis.graph, analysis.shapes)
+        if int(group.locked.sum()) == group.size:
+            why = f"no channel can be removed: {group.lock_summary()}"
+    out["channel_pruning"] = why
     return out
+
+
+def _ignored(analysis: layers.Analysis, ignore) -> dict[str, str]:
+    """Layers the user asked never to compress (`ignore`: names), each checked to exist."""
+    if ignore is None:
+        return {}
+    names = [ignore] if isinstance(ignore, str) else list(ignore)
+    known = {layer.name for layer in analysis.layers}
+    for name in names:
+        if name not in known:
+            analysis.find(name)  # LayerError with close matches
+    return {name: "ignored (modules_to_ignore / --ignore)" for name in names}
 
 
 def _total(analysis: layers.Analysis, metric: str) -> int | None:
@@ -541,6 +602,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
         units, left = greedy.svd_units(analysis, name, list(resolution.auto), keys, grid, multiplicity,
                                        tar=rank_select == "tar", moments=moments)
     skipped += [SkippedLayer(n, analysis.find(n).op, why) for n, why in left.items()]
+    _dry_run(current, analysis, name, list(resolution.auto), grid, multiplicity, dims, settings)
     timed = None
     if timer is not None:
         timer.batch_size = timer.batch_size or (next(iter(dims.values()))[0] if dims else 1)
@@ -595,6 +657,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
         input_dims=dict(dims), selection=selection_info,
         per_layer=per_layer_rows(first, after, layer_stats, _dedupe(skipped)), parameters=parameters,
         latency=_latency_summary(timed, proto, out, dims, chosen, total, measure, allow_slower_splits is True),
+        channel_groups=pruning.lock_census(analysis) if name == "channel_pruning" else None,
     )
     _write_report(report_path, stats)
     return out, stats

@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "threshold: AIMET's bisection on one score threshold")
     auto.add_argument("--rank-select", choices=("greedy", "tar"), default="greedy",
                       help="SVD schemes: candidates by ratio (greedy) or by reconstruction-error level (tar)")
-    auto.add_argument("--ignore", metavar="NAMES", help="comma-separated layers never to compress")
+    com.add_argument("--ignore", metavar="NAMES", help="comma-separated layers never to compress (any mode)")
     auto.add_argument("--config", metavar="CONFIG.json",
                       help="NNI-style config_list choosing the layers (op_types, op_names, exclude, ratio)")
     auto.add_argument("--scores-in", metavar="F.json", help="reuse a saved eval-score dictionary (no evaluations)")
@@ -243,7 +243,7 @@ def cmd_inspect(args) -> int:
     total_mem = analysis.total("memory")
     rows = []
     for layer in analysis.layers:
-        elig = api.eligibility(layer) if layer.reason is None else {}
+        elig = api.eligibility(layer, analysis) if layer.reason is None else {}
         rows.append({
             "name": layer.name, "op": layer.op,
             "weight_shape": list(layer.weight.shape) if layer.weight is not None else None,
@@ -394,6 +394,7 @@ def cmd_compress(args) -> int:
         num_reconstruction_samples=args.samples, selection=args.selection,
         reconstruct=not args.no_reconstruction, seed=args.seed, svd_refit=args.svd_refit,
         allow_custom_downsample_ops=args.allow_downsample,
+        modules_to_ignore=[n.strip() for n in args.ignore.split(",") if n.strip()] if args.ignore else None,
     )
     steps = _steps(args, ir.model_bytes(model), stats)
     _finish(args, model, stats, callback, steps)

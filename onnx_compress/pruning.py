@@ -70,15 +70,34 @@ def check_layer(layer: layers.Layer) -> str | None:
     return None
 
 
+def lock_census(analysis: layers.Analysis) -> dict:
+    """How many channel groups of the model are locked whole: one group per layer that
+    channel pruning could take (its input channels), locked when none of them can go.
+    {"groups", "locked", "locked_fraction", "reasons": {lock reason: groups}}."""
+    groups = locked = 0
+    reasons: dict[str, int] = {}
+    for layer in analysis.compressible:
+        if check_layer(layer) is not None:
+            continue
+        group = depgraph.build_group(layer, analysis.graph, analysis.shapes)
+        groups += 1
+        if int(group.locked.sum()) == group.size:
+            locked += 1
+            for why in group.reasons:
+                reasons[why] = reasons.get(why, 0) + 1
+    return {"groups": groups, "locked": locked, "locked_fraction": locked / groups if groups else 0.0,
+            "reasons": reasons}
+
+
 def load_batches(settings: PruneSettings, proto: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
-    """Calibration feeds checked against the model's inputs (DataError when they do not fit)."""
+    """Calibration feeds adapted to the model's inputs as declared (data.model_feeds: batch
+    axes, scalars, a static batch, dtypes; DataError when they do not fit)."""
     if settings.data is None:
         raise DataError("channel pruning needs calibration data (data_loader / --data)")
-    specs = ir.input_dims(proto)
+    specs = data_mod.model_inputs(proto)
     feeds = []
-    for feed in data_mod.batches(settings.data):
-        data_mod.check_feed(feed, specs, "calibration data")
-        feeds.append({k: np.asarray(feed[k]) for k in specs})
+    for feed in data_mod.model_feeds(settings.data, specs, where="calibration data"):
+        feeds.append({k: feed[k] for k in specs})
     if not feeds:
         raise DataError("calibration data is empty")
     return feeds

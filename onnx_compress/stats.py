@@ -60,6 +60,9 @@ class CompressionStats:
     # batch size, provider, per-layer-sum and end-to-end latency (ns) before/after, per-unit
     # timings, dropped candidates (onnx_compress.latency.summary)
     latency: dict | None = None
+    # channel pruning: how many of the model's channel groups (one per layer it could take)
+    # are locked whole, and why (onnx_compress.pruning.lock_census)
+    channel_groups: dict | None = None
 
     @property
     def mac_ratio(self) -> float | None:
@@ -108,6 +111,10 @@ def format_stats(s: CompressionStats) -> str:
     ]
     if s.latency:
         lines.extend(_latency_lines(s.latency))
+    if s.channel_groups:
+        g = s.channel_groups
+        lines.append(f"channel groups: {g['locked']} of {g['groups']} locked "
+                     f"({100 * g['locked_fraction']:.1f}%)")
     if s.baseline_score is not None or s.final_score is not None:
         lines.append(f"eval score: {_score(s.baseline_score)} -> {_score(s.final_score)}")
     if s.layers:

@@ -10,13 +10,23 @@ from ..stats import SkippedLayer
 from ..transforms import RankPlan, RankScheme
 
 
+def _check_ignored(ratios, ignored: dict[str, str]) -> None:
+    if isinstance(ratios, dict):
+        both = [name for name in ratios if name in ignored]
+        if both:
+            raise ParameterError(f"layer(s) {both} are both given a ratio and ignored; drop one of the two")
+
+
 def plan(analysis: Analysis, scheme: RankScheme, ratios: dict[str, float] | float, metric: str,
-         multiplicity: int) -> tuple[list[RankPlan], list[SkippedLayer]]:
+         multiplicity: int, ignored: dict[str, str] | None = None) -> tuple[list[RankPlan], list[SkippedLayer]]:
     """Plans for the requested layers, and the layers left out with their reasons.
 
     `ratios`: layer name -> ratio, or one ratio for every layer the scheme applies to.
     A named layer the scheme cannot take is an error; in the all-layers form it is skipped.
+    `ignored`: layer name -> reason, layers left out of the all-layers form.
     """
+    ignored = ignored or {}
+    _check_ignored(ratios, ignored)
     plans: list[RankPlan] = []
     skipped = [SkippedLayer(layer.name, layer.op, layer.reason) for layer in analysis.layers if layer.reason]
     if isinstance(ratios, dict):
@@ -28,7 +38,7 @@ def plan(analysis: Analysis, scheme: RankScheme, ratios: dict[str, float] | floa
         q = check_ratio(ratios, "ratio")
         requests = []
         for layer in analysis.compressible:
-            reason = scheme.check(layer)
+            reason = ignored.get(layer.name) or scheme.check(layer)
             if reason:
                 skipped.append(SkippedLayer(layer.name, layer.op, reason))
             else:
@@ -64,13 +74,16 @@ def plan(analysis: Analysis, scheme: RankScheme, ratios: dict[str, float] | floa
     return plans, skipped
 
 
-def plan_channels(analysis: Analysis, check, ratios: dict[str, float] | float
-                  ) -> tuple[dict[str, Fraction], list[SkippedLayer]]:
+def plan_channels(analysis: Analysis, check, ratios: dict[str, float] | float,
+                  ignored: dict[str, str] | None = None) -> tuple[dict[str, Fraction], list[SkippedLayer]]:
     """Channel pruning requests: layer name -> exact ratio, and the layers left out.
 
     `check(layer)` gives the reason a layer cannot be pruned. A named layer that cannot
-    be pruned is an error; with one ratio for all, such layers are skipped with reasons.
+    be pruned is an error; with one ratio for all, such layers are skipped with reasons,
+    as are the `ignored` ones.
     """
+    ignored = ignored or {}
+    _check_ignored(ratios, ignored)
     skipped = [SkippedLayer(layer.name, layer.op, layer.reason) for layer in analysis.layers if layer.reason]
     plans: dict[str, Fraction] = {}
     if isinstance(ratios, dict):
@@ -86,7 +99,7 @@ def plan_channels(analysis: Analysis, check, ratios: dict[str, float] | float
         return plans, skipped
     q = check_ratio(ratios, "ratio")
     for layer in analysis.compressible:
-        if reason := check(layer):
+        if reason := ignored.get(layer.name) or check(layer):
             skipped.append(SkippedLayer(layer.name, layer.op, reason))
         elif q < 1:
             plans[layer.name] = q
