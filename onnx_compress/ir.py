@@ -524,13 +524,14 @@ def replace_with_chain(graph: gs.Graph, node: gs.Node, specs: list[NodeSpec], ba
 
 
 def set_input(node: gs.Node, index: int, value: np.ndarray, name: str) -> None:
-    """Make input `index` of `node` the constant `value` (a new tensor named `name`)."""
-    node.inputs[index] = gs.Constant(name, np.ascontiguousarray(value))
+    """Make input `index` of `node` the constant `value` (a new tensor named `name`; a 0-D
+    value stays 0-D, which np.ascontiguousarray would make 1-D)."""
+    node.inputs[index] = gs.Constant(name, np.require(value, requirements="C"))
 
 
 def append_input(node: gs.Node, value: np.ndarray, name: str) -> None:
     """Append the constant `value` as a new last input of `node`."""
-    node.inputs.append(gs.Constant(name, np.ascontiguousarray(value)))
+    node.inputs.append(gs.Constant(name, np.require(value, requirements="C")))
 
 
 def insert_gather(graph: gs.Graph, node: gs.Node, slot: int, indices: np.ndarray, axis: int,

@@ -1275,8 +1275,6 @@ def _update_gather(node, action: Action, removed: np.ndarray, taken) -> None:
     new = flat[keep] - np.searchsorted(removed, flat[keep])
     new = np.asarray(new, dtype=value.dtype).reshape(np.shape(value) if np.ndim(value) == 0 else -1)
     ir.set_input(node, 1, new, ir.unique_name(f"{ir.node_name(node)}.indices", taken))
-    if new.ndim == 0:  # set_input stores arrays as at least 1-D: a scalar index must stay 0-D
-        node.inputs[1].values = new
 
 
 def _update_groupnorm(node, action: Action, removed: np.ndarray, taken) -> None:
