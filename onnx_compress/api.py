@@ -210,6 +210,35 @@ def _run_step(proto, name: str, ratios, metric: str, multiplicity: int, dims, se
     return out, layer_stats, skipped
 
 
+def _check_reach(units, current_total: int, total: int, target_q, metric: str, skipped) -> None:
+    """ParameterError, before the eval-score dictionary is paid for, when every unit at its
+    cheapest candidate still leaves the model above the target (SVD: exact unit costs)."""
+    fixed = current_total - sum(u.base_cost for u in units)
+    cheapest = fixed + sum(min(c.cost for c in u.candidates) for u in units)
+    allowed = (target_q.numerator * int(total)) // target_q.denominator
+    if cheapest > allowed:
+        raise ParameterError(
+            f"target {float(target_q):g} cannot be reached: the smallest achievable {metric} ratio is "
+            f"{cheapest / total:.4f} (every selected layer at its cheapest candidate){_left_out(units, skipped)}")
+
+
+def _left_out(units, skipped) -> str:
+    """'; N layers selected, the rest left out: 'name': reason (+k more: reason (n), ...)'."""
+    text = f"; {len(units)} layer{'s' if len(units) != 1 else ''} or group{'s' if len(units) != 1 else ''} selectable"
+    gone = [s for s in skipped if s.reason]
+    if not gone:
+        return text
+    counts: dict[str, int] = {}
+    for s in gone:
+        key = s.reason.split(":")[0][:70]
+        counts[key] = counts.get(key, 0) + 1
+    first = gone[0]
+    more = "" if len(gone) == 1 else (f" (+{len(gone) - 1} more; by reason: "
+                                       + ", ".join(f"{k} ({n})" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
+                                       + ")")
+    return f"{text}, left out: '{first.name}': {first.reason}{more}"
+
+
 def _dry_run(proto, analysis, name: str, names: list[str], metric: str, multiplicity: int, dims, settings) -> None:
     """Rewrite the layers `names` of a copy at ratio 0.5 (plain SVD; pruning without
     reconstruction, on few samples) and check the result, before the eval-score dictionary
@@ -603,6 +632,8 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
                                        tar=rank_select == "tar", moments=moments)
     skipped += [SkippedLayer(n, analysis.find(n).op, why) for n, why in left.items()]
     _dry_run(current, analysis, name, list(resolution.auto), grid, multiplicity, dims, settings)
+    if name != "channel_pruning" and metric != "latency":  # exact unit costs: refuse before any evaluation
+        _check_reach(units, analysis.total(grid), total, target_q, grid, skipped)
     timed = None
     if timer is not None:
         timer.batch_size = timer.batch_size or (next(iter(dims.values()))[0] if dims else 1)
@@ -631,11 +662,16 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     if metric == "latency":
         total, current_total = timed.total, timed.current_total
         measure = _latency_measure(name, current, dims, timer)
-    chosen, out, step_stats, more = _select_and_apply(
-        units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit,
-        name, grid, multiplicity, dims, settings, trainer,
-        verify=(eval_callback, eval_iterations, use_cuda) if verify_finalists else None, measure=measure,
-        exact=timed.estimator() if measure is not None and name == "channel_pruning" else None)
+    try:
+        chosen, out, step_stats, more = _select_and_apply(
+            units, dictionary, current, current_total, total, target_q, method, use_monotonic_fit,
+            name, grid, multiplicity, dims, settings, trainer,
+            verify=(eval_callback, eval_iterations, use_cuda) if verify_finalists else None, measure=measure,
+            exact=timed.estimator() if measure is not None and name == "channel_pruning" else None)
+    except ParameterError as exc:
+        if "cannot be reached" not in str(exc):
+            raise
+        raise ParameterError(f"{exc}{_left_out(units, skipped)}") from None
     layer_stats += step_stats
     skipped += more
     final = runtime.evaluate(out, eval_callback, eval_iterations, use_cuda)

@@ -272,6 +272,18 @@ def _fits(arr: np.ndarray, dims: tuple) -> bool:
     return arr.ndim == len(dims) and all(not _is_static(d) or d == n for d, n in zip(dims, arr.shape))
 
 
+def _static_axis(arr: np.ndarray, dims: tuple, default: int) -> int:
+    """The batch axis of data for a fully static input: the one axis where the data holds
+    a multiple of the declared size (a recurrent `state` declared [2, 1, 128] and fed
+    [2, N, 128] -> axis 1); `default` when that is not one axis."""
+    if arr.ndim != len(dims):
+        return default
+    off = [k for k, (d, n) in enumerate(zip(dims, arr.shape)) if _is_static(d) and d != n]
+    if len(off) == 1 and dims[off[0]] > 0 and arr.shape[off[0]] % dims[off[0]] == 0:
+        return off[0]
+    return default
+
+
 def _plan(feed: dict, specs: Mapping[str, InputSpec], axes, static: bool, where: str):
     """({input: batch axis} of the inputs to cut, their common sample count, the model's
     static batch or None). Inputs left out go unchanged with every batch: scalars, and
@@ -285,6 +297,7 @@ def _plan(feed: dict, specs: Mapping[str, InputSpec], axes, static: bool, where:
             if _fits(arr, spec.dims):
                 held.append(name)
                 continue
+            axis = _static_axis(arr, spec.dims, axis)
             sizes[name] = spec.dims[axis]
         elif spec.static:
             continue

@@ -112,13 +112,23 @@ def normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
       `Mul(x, Unsqueeze(b[C]))`) are folded into initializers by onnx-graphsurgeon, and
       `Shape` of a statically known shape into its value. Node names are kept, so layer
       names stay stable. Quantize/Dequantize nodes are not folded.
+    * Initializers of If/Loop/Scan subgraphs move to the main graph (the subgraph reads
+      them by their outer-scope names), so auto mode swaps them like any other weight.
     Models whose weights stay on disk (file-backed) are only given the IR change.
     """
     _raise_ir_version(proto)
-    if is_file_backed(proto) or not _foldable(proto.graph):
+    if is_file_backed(proto):
         return proto
+    if _foldable(proto.graph):
+        proto = _folded(proto)
+    _hoist_subgraph_initializers(proto)
+    return proto
+
+
+def _folded(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """`proto` with its constant subgraphs folded (unchanged, with a warning, when folding fails)."""
     try:
-        graph = gs.import_onnx(proto)
+        graph = gs.import_onnx(_with_inferred_shapes(proto))
         outputs = {t.name for t in graph.outputs}
 
         def exclude(node: gs.Node) -> bool:
@@ -137,6 +147,10 @@ def normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
             G_LOGGER.severity = severity
             onnxruntime.set_default_logger_severity(2)  # ORT's default
         folded = export(graph, proto, check=False)
+        declared = {vi.name for vi in proto.graph.value_info}  # keep only the exporter's own
+        kept = [vi for vi in folded.graph.value_info if vi.name in declared]
+        del folded.graph.value_info[:]
+        folded.graph.value_info.extend(kept)
         if not too_big(folded):
             onnx.checker.check_model(folded)
     except Exception as exc:  # the unfolded model is still right; folding only helps
@@ -144,6 +158,38 @@ def normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
                     "may be refused", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         return proto
     return folded
+
+
+def _hoist_subgraph_initializers(proto: onnx.ModelProto) -> None:
+    """Move the initializers of If/Loop/Scan subgraphs into the main graph, where the
+    subgraph still reads them (outer-scope names) and auto mode can swap them like any
+    other weight. Only names used once in the whole model move."""
+    defined: dict[str, int] = {}
+    for g in _all_graphs(proto.graph):
+        for name in ([t.name for t in g.initializer] + [v.name for v in g.input]
+                     + [o for node in g.node for o in node.output]):
+            defined[name] = defined.get(name, 0) + 1
+    for g in _all_graphs(proto.graph):
+        if g is proto.graph:
+            continue
+        outputs = {o.name for o in g.output}  # ORT refuses a subgraph returning an outer-scope value
+        stay = [t for t in g.initializer if defined[t.name] != 1 or t.name in outputs]
+        move = [t for t in g.initializer if defined[t.name] == 1 and t.name not in outputs]
+        if move:
+            proto.graph.initializer.extend(move)
+            del g.initializer[:]
+            g.initializer.extend(stay)
+
+
+def _with_inferred_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """`proto` with ONNX's inferred shapes as value_info, so that graph-surgeon can fold
+    `Shape` (and Shape -> Gather/Slice of the static dims of a dynamic shape: TorchScript's
+    chunk bounds) of tensors whose shapes the exporter did not record."""
+    try:
+        return shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - folding still works where shapes are declared
+        log.debug("shape inference before folding failed: %s", exc)
+        return proto
 
 
 def _raise_ir_version(proto: onnx.ModelProto) -> None:

@@ -203,7 +203,7 @@ def sample_layer(sampler: Sampler, model: onnx.ModelProto, layer: layers.Layer, 
         if n == 0:
             continue
         out_shape = ys[i].shape if ys is not None else _out_shape(layer, x)
-        pos = reconstruct.sample_positions(rng, out_shape, n, matmul=layer.op != "Conv")
+        pos = reconstruct.distinct_positions(rng, out_shape, n, matmul=layer.op != "Conv")
         patches.append(_layer_patches(layer, x, pos))
         if ys is not None:
             y = ys[i]
