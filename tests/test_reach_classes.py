@@ -366,3 +366,21 @@ def test_refit_after_global_pooling_does_not_overfit_few_images():
     refit, _ = oc.compress(model, "channel_pruning", 0.5, data=calib)
     plain, _ = oc.compress(model, "channel_pruning", 0.5, data=calib, reconstruct=False)
     assert err(refit) < err(plain)
+
+
+# ------------------------------------------------------ 6. a fixed-batch state input
+def test_fixed_batch_state_input_is_cut_along_its_own_axis():
+    """silero-VAD style at batch 1, every dim static: `state` [2, 1, 128] fed [2, 16, 128]
+    is cut along axis 1 (the axis holding a multiple of its declared size), in model-sized
+    batches beside `input` [1, 512] fed [16, 512]; the scalar `sr` goes whole."""
+    rng = np.random.default_rng(0)
+    data = {"input": rng.standard_normal((16, 512)).astype(np.float32),
+            "state": rng.standard_normal((2, 16, 128)).astype(np.float32), "sr": np.array(16000, np.int64)}
+    out, stats = oc.compress(str(ROOT / "tests" / "corpus" / "vad_dynamo_op18.onnx"), "weight_svd", 0.5, data=data)
+    assert stats.layers and stats.mac_ratio < 0.7
+    from onnx_compress import data as data_mod
+
+    specs = data_mod.model_inputs(onnx.load(str(ROOT / "tests" / "corpus" / "vad_dynamo_op18.onnx")))
+    feeds = list(data_mod.model_feeds(data, specs))
+    assert len(feeds) == 16 and feeds[3]["state"].shape == (2, 1, 128)
+    np.testing.assert_array_equal(feeds[3]["state"], data["state"][:, 3:4])
