@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from . import ir
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,6 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return {k: npz[k] for k in npz.files}
     except Exception as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-
-
-def _split(arrays: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    n = len(next(iter(arrays.values())))
-    for key, value in arrays.items():
-        if len(value) != n:
-            raise DataError(f"data arrays differ in length: '{key}' has {len(value)}, expected {n}")
-    for start in range(0, n, batch_size):
-        yield {k: v[start:start + batch_size] for k, v in arrays.items()}
 
 
 def _raw(source) -> Iterator[tuple[bool, dict]]:
@@ -72,22 +64,6 @@ def _raw(source) -> Iterator[tuple[bool, dict]]:
             "data must be an .npz path, a dict of arrays, an iterable of feed dicts, or a "
             f"CalibrationDataReader; got {type(source).__name__}"
         )
-
-
-def batches(source, batch_size: int = 64) -> Iterator[dict[str, np.ndarray]]:
-    """Feed dicts from any supported data source, not adapted to a model (see
-    `model_feeds` for that).
-
-    `source`: path to an .npz (keys are input names, optional `labels`), a dict of
-    arrays (split into batches of `batch_size` along axis 0), an object with `get_next()`
-    (returns a feed dict, None at the end; `rewind()` is called first when present), or
-    an iterable of feed dicts.
-    """
-    for whole, feed in _raw(source):
-        if whole:
-            yield from _split({k: np.asarray(v) for k, v in feed.items()}, batch_size)
-        else:
-            yield feed
 
 
 def check_feed(feed: Mapping[str, np.ndarray], inputs: Mapping[str, tuple], where: str) -> None:
@@ -154,11 +130,8 @@ def _np_dtype(elem: int) -> np.dtype | None:
 
 def model_inputs(proto: onnx.ModelProto) -> dict[str, InputSpec]:
     """The main graph's real inputs as declared (dims with symbolic names, dtypes)."""
-    inits = {t.name for t in proto.graph.initializer}
     out = {}
-    for inp in proto.graph.input:
-        if inp.name in inits:
-            continue
+    for inp in ir.graph_inputs(proto):
         if not inp.type.HasField("tensor_type"):
             out[inp.name] = InputSpec(None)
             continue

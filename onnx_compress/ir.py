@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,12 +165,10 @@ def _hoist_subgraph_initializers(proto: onnx.ModelProto) -> None:
     """Move the initializers of If/Loop/Scan subgraphs into the main graph, where the
     subgraph still reads them (outer-scope names) and auto mode can swap them like any
     other weight. Only names used once in the whole model move."""
-    defined: dict[str, int] = {}
-    for g in _all_graphs(proto.graph):
-        for name in ([t.name for t in g.initializer] + [v.name for v in g.input]
-                     + [o for node in g.node for o in node.output]):
-            defined[name] = defined.get(name, 0) + 1
-    for g in _all_graphs(proto.graph):
+    defined = Counter(name for g in all_graphs(proto.graph)
+                      for name in ([t.name for t in g.initializer] + [v.name for v in g.input]
+                                   + [o for node in g.node for o in node.output]))
+    for g in all_graphs(proto.graph):
         if g is proto.graph:
             continue
         outputs = {o.name for o in g.output}  # ORT refuses a subgraph returning an outer-scope value
@@ -196,20 +195,12 @@ def _raise_ir_version(proto: onnx.ModelProto) -> None:
     if proto.ir_version >= 4:
         return
 
-    def strip(g: onnx.GraphProto) -> None:
+    for g in all_graphs(proto.graph):
         inits = {t.name for t in g.initializer}
         keep = [i for i in g.input if i.name not in inits]
         if len(keep) != len(g.input):
             del g.input[:]
             g.input.extend(keep)
-        for node in g.node:
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    strip(attr.g)
-                for sub in attr.graphs:
-                    strip(sub)
-
-    strip(proto.graph)
     try:
         need = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
     except Exception:
@@ -222,17 +213,13 @@ def _raise_ir_version(proto: onnx.ModelProto) -> None:
 def _foldable(graph: onnx.GraphProto) -> bool:
     """Whether the graph (or a subgraph) has a Constant node, a Shape node, or a node whose
     inputs are all constants: anything `normalize` would fold."""
-    const = {t.name for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type in ("Constant", "Shape"):
-            return True
-        if (node.op_type not in _NO_FOLD and node.input and node.domain in ("", "ai.onnx")
-                and all(not n or n in const for n in node.input)):
-            return True
-        for attr in node.attribute:
-            if attr.HasField("g") and _foldable(attr.g):
+    for g in all_graphs(graph):
+        const = {t.name for t in g.initializer}
+        for node in g.node:
+            if node.op_type in ("Constant", "Shape"):
                 return True
-            if any(_foldable(sub) for sub in attr.graphs):
+            if (node.op_type not in _NO_FOLD and node.input and node.domain in ("", "ai.onnx")
+                    and all(not n or n in const for n in node.input)):
                 return True
     return False
 
@@ -435,12 +422,6 @@ def graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """The real inputs of the main graph (old IR versions also list initializers)."""
     inits = {t.name for t in proto.graph.initializer}
     return [i for i in proto.graph.input if i.name not in inits]
-
-
-def input_dims(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    """Each real input's declared dims, None where a dim is dynamic (for data checks)."""
-    return {i.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim)
-            for i in graph_inputs(proto)}
 
 
 # --------------------------------------------------------------------------- traversal
@@ -663,39 +644,41 @@ def static_shapes(proto: onnx.ModelProto, input_dims: dict[str, Shape]) -> dict[
 
     `input_dims` fixes the main graph's inputs. Subgraph tensors are included.
     """
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    for inp in model.graph.input:
-        if inp.name in input_dims:
-            dims = inp.type.tensor_type.shape.dim
-            want = input_dims[inp.name]
-            del dims[:]
-            for d in want:
-                dims.add().dim_value = int(d)
+    model = with_input_dims(proto, input_dims)
     del model.graph.value_info[:]
     try:
         model = shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:
         raise ShapeError(f"ONNX shape inference failed on the model: {exc}") from None
     shapes: dict[str, Shape] = {}
-
-    def collect(g: onnx.GraphProto) -> None:
-        for vi in list(g.input) + list(g.output) + list(g.value_info):
-            t = vi.type.tensor_type
-            if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
-                shapes[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
+    for g in all_graphs(model.graph):
+        shapes.update(concrete_shapes(list(g.input) + list(g.output) + list(g.value_info)))
         for init in g.initializer:
             shapes[init.name] = tuple(init.dims)
-        for n in g.node:
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    collect(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for sub in a.graphs:
-                        collect(sub)
-
-    collect(model.graph)
     return shapes
+
+
+def concrete_shapes(values) -> dict[str, Shape]:
+    """{name: shape} of the ValueInfos whose every dim is a number."""
+    out = {}
+    for vi in values:
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            out[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
+    return out
+
+
+def with_input_dims(proto: onnx.ModelProto, input_dims: dict[str, Shape]) -> onnx.ModelProto:
+    """A copy of `proto` whose main-graph inputs named in `input_dims` have those dims."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    for inp in model.graph.input:
+        if inp.name in input_dims:
+            dims = inp.type.tensor_type.shape.dim
+            del dims[:]
+            for d in input_dims[inp.name]:
+                dims.add().dim_value = int(d)
+    return model
 
 
 def expose_tensors(proto: onnx.ModelProto, wanted: dict[str, int]) -> tuple[onnx.ModelProto, dict[str, tuple[str, int]]]:
@@ -709,8 +692,8 @@ def expose_tensors(proto: onnx.ModelProto, wanted: dict[str, int]) -> tuple[onnx
     """
     model = onnx.ModelProto()
     model.CopyFrom(proto)
-    taken = {n for g in _all_graphs(model.graph) for node in g.node for n in list(node.output) + list(node.input)}
-    taken |= {v.name for g in _all_graphs(model.graph) for v in list(g.input) + list(g.output)}
+    taken = {n for g in all_graphs(model.graph) for node in g.node for n in list(node.output) + list(node.input)}
+    taken |= {v.name for g in all_graphs(model.graph) for v in list(g.input) + list(g.output)}
     counter = [0]
 
     def fresh(base: str) -> str:
@@ -770,14 +753,15 @@ def expose_tensors(proto: onnx.ModelProto, wanted: dict[str, int]) -> tuple[onnx
     return model, found
 
 
-def _all_graphs(g: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+def all_graphs(g: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`g` and every If/Loop/Scan subgraph below it, outermost first."""
     yield g
     for node in g.node:
         for attr in node.attribute:
             if attr.HasField("g"):
-                yield from _all_graphs(attr.g)
+                yield from all_graphs(attr.g)
             for sub in attr.graphs:
-                yield from _all_graphs(sub)
+                yield from all_graphs(sub)
 
 
 # ------------------------------------------------------------------------------ saving

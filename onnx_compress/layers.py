@@ -22,6 +22,8 @@ from .errors import LayerError, ParameterError, ShapeError
 log = logging.getLogger(__name__)
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
+#: Why a shape is unknown when no step failed with a reason of its own.
+UNRESOLVED = "shape inference could not resolve them"
 Shape = ir.Shape
 
 
@@ -109,7 +111,7 @@ def cost_of(layer: Layer, metric: str) -> int:
         return layer.memory
     if layer.mac is None:
         raise ShapeError(f"layer '{layer.name}': its input/output shapes are unknown, so its MACs cannot be "
-                         f"counted: {layer.shape_note or 'shape inference could not resolve them'}")
+                         f"counted: {layer.shape_note}")
     return layer.mac
 
 
@@ -243,7 +245,8 @@ def _complete_shapes(proto: onnx.ModelProto, dims: dict[str, Shape],
     out = dict(shapes)
     if any(name in _main_tensors(proto) for name in missing):
         try:
-            out.update(_symbolic_shapes(proto, dims))
+            for name, shape in _symbolic_shapes(proto, dims).items():  # ONNX's own shapes first
+                out.setdefault(name, shape)
         except ImportError as exc:
             notes.append(f"symbolic shape inference is unavailable ({exc})")
         except Exception as exc:  # noqa: BLE001 - the next step may still find the shapes
@@ -261,7 +264,7 @@ def _complete_shapes(proto: onnx.ModelProto, dims: dict[str, Shape],
             if _missing(proto, out):
                 notes.append("running the model on a probe input did not reach them (a branch or loop "
                              "that did not run)")
-    return out, "; ".join(notes) or "shape inference could not resolve them"
+    return out, "; ".join(notes) or UNRESOLVED
 
 
 def _first_line(exc: Exception) -> str:
@@ -283,49 +286,25 @@ def _missing(proto: onnx.ModelProto, shapes: dict[str, Shape]) -> dict[str, int]
         for name in node.output:
             if name and name not in shapes:
                 out[name] = 0
-
-    def walk(g: onnx.GraphProto, main: bool) -> None:
-        inits = {t.name: t.data_type for t in g.initializer}
+    graphs = list(ir.all_graphs(proto.graph))
+    inits = {t.name: t.data_type for g in graphs for t in g.initializer}  # subgraph weights live outside
+    for g in graphs[1:]:
         for node in g.node:
-            if not main and node.op_type in LAYER_OPS and len(node.input) >= 2 and node.output:
+            if node.op_type in LAYER_OPS and len(node.input) >= 2 and node.output:
                 elem = inits.get(node.input[1], onnx.TensorProto.FLOAT)
                 for name in (node.input[0], node.output[0]):
                     if name and name not in shapes:
                         out[name] = elem
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    walk(attr.g, False)
-                for sub in attr.graphs:
-                    walk(sub, False)
-
-    walk(proto.graph, True)
     return out
 
 
 def _symbolic_shapes(proto: onnx.ModelProto, dims: dict[str, Shape]) -> dict[str, Shape]:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    model = _with_input_dims(proto, dims)
+    model = ir.with_input_dims(proto, dims)
     del model.graph.value_info[:]
     model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    out = {}
-    for vi in list(model.graph.value_info) + list(model.graph.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
-            out[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
-    return out
-
-
-def _with_input_dims(proto: onnx.ModelProto, dims: dict[str, Shape]) -> onnx.ModelProto:
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    for inp in model.graph.input:
-        if inp.name in dims:
-            tensor_dims = inp.type.tensor_type.shape.dim
-            del tensor_dims[:]
-            for d in dims[inp.name]:
-                tensor_dims.add().dim_value = int(d)
-    return model
+    return ir.concrete_shapes(list(model.graph.value_info) + list(model.graph.output))
 
 
 def _probe_feed(proto: onnx.ModelProto, dims: dict[str, Shape]) -> dict[str, np.ndarray]:
@@ -357,7 +336,7 @@ def _make_layer(node, owner, in_subgraph: bool, shapes: dict[str, Shape], shape_
         name=name, op=node.op, node=node, graph=owner, weight=weight, in_shape=in_shape,
         out_shape=out_shape, mac=mac, memory=int(weight.size) if reason is None else 0,
         reason=reason, in_subgraph=in_subgraph,
-        shape_note=shape_note if (in_shape is None or out_shape is None) else None,
+        shape_note=(shape_note or UNRESOLVED) if (in_shape is None or out_shape is None) else None,
     )
 
 

@@ -105,7 +105,7 @@ def check_spatial_svd(layer: Layer) -> str | None:
         return "1x1 kernel: spatial SVD does not apply"
     auto_pad = _auto_pad(layer)
     if auto_pad in ("SAME_UPPER", "SAME_LOWER") and layer.in_shape is None:
-        return f"auto_pad={auto_pad} with an unknown input size ({layer.shape_note or 'shape inference could not resolve it'})"
+        return f"auto_pad={auto_pad} with an unknown input size ({layer.shape_note})"
     return None
 
 
@@ -118,7 +118,7 @@ def _positions(shape) -> int:
 def _need_shapes(layer: Layer) -> None:
     if layer.in_shape is None or layer.out_shape is None:
         raise ShapeError(f"layer '{layer.name}': input/output shapes unknown: "
-                         f"{layer.shape_note or 'shape inference could not resolve them'}")
+                         f"{layer.shape_note}")
 
 
 def weight_svd_cost(layer: Layer, metric: str) -> RankCost:
