@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -228,14 +229,10 @@ def _left_out(units, skipped) -> str:
     gone = [s for s in skipped if s.reason]
     if not gone:
         return text
-    counts: dict[str, int] = {}
-    for s in gone:
-        key = s.reason.split(":")[0][:70]
-        counts[key] = counts.get(key, 0) + 1
+    counts = Counter(s.reason.split(":")[0][:70] for s in gone)
     first = gone[0]
     more = "" if len(gone) == 1 else (f" (+{len(gone) - 1} more; by reason: "
-                                       + ", ".join(f"{k} ({n})" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
-                                       + ")")
+                                       + ", ".join(f"{k} ({n})" for k, n in counts.most_common(3)) + ")")
     return f"{text}, left out: '{first.name}': {first.reason}{more}"
 
 
@@ -299,7 +296,7 @@ def eligibility(layer: layers.Layer, analysis: layers.Analysis | None = None,
         from .transforms import depgraph
 
         group = depgraph.build_group(layer, analysis.graph, analysis.shapes)
-        if int(group.locked.sum()) == group.size:
+        if group.all_locked:
             why = f"no channel can be removed: {group.lock_summary()}"
     out["channel_pruning"] = why
     return out

@@ -16,6 +16,7 @@ Layers inside If/Loop subgraphs are not pruned (their tensors cannot be sampled)
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -74,19 +75,12 @@ def lock_census(analysis: layers.Analysis) -> dict:
     """How many channel groups of the model are locked whole: one group per layer that
     channel pruning could take (its input channels), locked when none of them can go.
     {"groups", "locked", "locked_fraction", "reasons": {lock reason: groups}}."""
-    groups = locked = 0
-    reasons: dict[str, int] = {}
-    for layer in analysis.compressible:
-        if check_layer(layer) is not None:
-            continue
-        group = depgraph.build_group(layer, analysis.graph, analysis.shapes)
-        groups += 1
-        if int(group.locked.sum()) == group.size:
-            locked += 1
-            for why in group.reasons:
-                reasons[why] = reasons.get(why, 0) + 1
-    return {"groups": groups, "locked": locked, "locked_fraction": locked / groups if groups else 0.0,
-            "reasons": reasons}
+    groups = [depgraph.build_group(layer, analysis.graph, analysis.shapes)
+              for layer in analysis.compressible if check_layer(layer) is None]
+    locked = [g for g in groups if g.all_locked]
+    reasons = Counter(why for g in locked for why in g.reasons)
+    return {"groups": len(groups), "locked": len(locked),
+            "locked_fraction": len(locked) / len(groups) if groups else 0.0, "reasons": dict(reasons)}
 
 
 def load_batches(settings: PruneSettings, proto: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
@@ -272,7 +266,7 @@ def _prune_one(state: _State, sampler: Sampler, name: str, ratio: Fraction, sett
     group = depgraph.build_group(layer, analysis.graph, analysis.shapes)
     size = group.size
     n_locked = int(group.locked.sum())
-    if n_locked == size and not settings.allow_custom_downsample_ops:
+    if group.all_locked and not settings.allow_custom_downsample_ops:
         return SkippedLayer(name, layer.op, f"no channel can be removed: {group.lock_summary()}")
     if ratio.numerator * size < ratio.denominator:
         why = (f"ratio {float(ratio):g} would remove every one of its {size} input channels; "

@@ -50,7 +50,7 @@ def group_units(proto: onnx.ModelProto, analysis: layers.Analysis, names: list[s
             continue
         group = depgraph.build_group(layer, analysis.graph, analysis.shapes)
         n_locked = int(group.locked.sum())
-        if n_locked == group.size and not settings.allow_custom_downsample_ops:
+        if group.all_locked and not settings.allow_custom_downsample_ops:
             skipped[name] = f"no channel can be removed: {group.lock_summary()}"
             continue
         if settings.allow_custom_downsample_ops and n_locked:

@@ -159,6 +159,11 @@ class ChannelGroup:
         """Names of the upstream layers that lose output channels with this group."""
         return [ir.node_name(a.node) for a in self.actions if a.kind == "out"]
 
+    @property
+    def all_locked(self) -> bool:
+        """Whether no channel of the group can be removed."""
+        return int(self.locked.sum()) == self.size
+
     def lock_summary(self) -> str:
         return "; ".join(f"{why} ({n} channel{'s' if n != 1 else ''})" for why, n in self.reasons.items())
 
@@ -511,17 +516,24 @@ def _channel_norm(w: _Walk, node, pos: Position) -> str | None:
 def _layernorm(w: _Walk, node, pos: Position) -> str | None:
     """LayerNormalization normalises over axes [axis, rank): per channel only when the
     channel axis comes before them (removing a normalised channel changes the mean and
-    variance of the others, even when its values are zero)."""
+    variance of the others, even when its values are zero). Mean and InvStdDev keep the
+    leading axes."""
+    return _keeps_other_axes(w, node, pos, "a parameter", lambda axis: pos.axis >= axis,
+                             "normalises over the channel axis")
+
+
+def _keeps_other_axes(w: _Walk, node, pos: Position, param: str, blocked, why: str) -> str | None:
+    """An op working along its `axis` attribute whose input 0 and outputs keep the other
+    axes: channels pass through to all of them unless `blocked(axis)` (then `why`)."""
     x = node.inputs[0]
     if not _is_output(node, pos.tensor) and _slot(node, pos.tensor) != 0:
-        return f"{_where(node)} uses the tensor as a parameter"
+        return f"{_where(node)} uses the tensor as {param}"
     shape = w.shape(x)
     if shape is None:
         return f"{_where(node)} input shape unknown"
-    axis = int(node.attrs.get("axis", -1)) % len(shape)
-    if pos.axis >= axis:
-        return f"{_where(node)} normalises over the channel axis"
-    for t in [x] + list(node.outputs):  # Mean and InvStdDev keep the leading axes
+    if blocked(int(node.attrs.get("axis", -1)) % len(shape)):
+        return f"{_where(node)} {why}"
+    for t in [x] + list(node.outputs):
         if _present(t) and t is not pos.tensor:
             w.visit(t, pos.axis, pos.index)
     return None
@@ -600,18 +612,7 @@ def _along_axis(w: _Walk, node, pos: Position) -> str | None:
 
 
 def _topk(w: _Walk, node, pos: Position) -> str | None:
-    x = node.inputs[0]
-    if not _is_output(node, pos.tensor) and _slot(node, pos.tensor) != 0:
-        return f"{_where(node)} uses the tensor as k"
-    shape = w.shape(x)
-    if shape is None:
-        return f"{_where(node)} input shape unknown"
-    if pos.axis == int(node.attrs.get("axis", -1)) % len(shape):
-        return f"{_where(node)} selects along the channel axis"
-    for t in [x] + list(node.outputs):
-        if _present(t) and t is not pos.tensor:
-            w.visit(t, pos.axis, pos.index)
-    return None
+    return _keeps_other_axes(w, node, pos, "k", lambda axis: pos.axis == axis, "selects along the channel axis")
 
 
 def _broadcast(w: _Walk, node, pos: Position) -> str | None:

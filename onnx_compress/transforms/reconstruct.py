@@ -48,15 +48,7 @@ def sample_positions(
     to (prod(...), N_out). A 2-D shape is always read as Gemm/MatMul; pass `matmul=True`
     for a MatMul output with 3 or more dims (it would otherwise be read as a conv's).
     """
-    shape = tuple(int(d) for d in out_shape)
-    if not isinstance(n, (int, np.integer)) or n < 0:
-        raise ParameterError(f"sample count must be an integer >= 0, got {n!r}")
-    if len(shape) < 2 or min(shape) < 1:
-        raise ParameterError(f"output shape must have >= 2 dims, all >= 1, got {shape}")
-    if matmul or len(shape) == 2:
-        highs = [math.prod(shape[:-1])]
-    else:
-        highs = [shape[0], *shape[2:]]
+    highs = _position_ranges(out_shape, n, matmul)
     return rng.integers(0, np.asarray(highs, dtype=np.int64), size=(int(n), len(highs)), dtype=np.int64)
 
 
@@ -67,11 +59,23 @@ def distinct_positions(
     number: a Gemm after global pooling has one row per sample, and drawing 2000 rows from
     16 repeated each ~125 times, so the refit's held-out split held copies of its fit rows
     and chose no regularisation (held-out error 11.9 where no refit gave 0.46)."""
-    shape = tuple(int(d) for d in out_shape)
-    highs = [math.prod(shape[:-1])] if matmul or len(shape) == 2 else [shape[0], *shape[2:]]
-    if len(shape) >= 2 and min(shape) >= 1 and isinstance(n, (int, np.integer)) and n >= math.prod(highs):
+    highs = _position_ranges(out_shape, n, matmul)
+    if n >= math.prod(highs):
         return np.indices(highs, dtype=np.int64).reshape(len(highs), -1).T.copy()
     return sample_positions(rng, out_shape, n, matmul=matmul)
+
+
+def _position_ranges(out_shape, n, matmul: bool) -> list[int]:
+    """The range of each coordinate of an output position (ParameterError on bad input):
+    [rows] for Gemm/MatMul, [batch, *spatial] for a conv."""
+    shape = tuple(int(d) for d in out_shape)
+    if not isinstance(n, (int, np.integer)) or n < 0:
+        raise ParameterError(f"sample count must be an integer >= 0, got {n!r}")
+    if len(shape) < 2 or min(shape) < 1:
+        raise ParameterError(f"output shape must have >= 2 dims, all >= 1, got {shape}")
+    if matmul or len(shape) == 2:
+        return [math.prod(shape[:-1])]
+    return [shape[0], *shape[2:]]
 
 
 def conv_out_spatial(
