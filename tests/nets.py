@@ -17,7 +17,8 @@ class Net:
         self.n += 1
         return f"{op.lower()}{self.n}"
 
-    def const(self, value: np.ndarray, name: str) -> str:
+    def const(self, value: np.ndarray, name: str | None = None) -> str:
+        name = name or self._name("k")
         self.inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
@@ -120,3 +121,21 @@ def grouped_net(seed=0) -> onnx.ModelProto:
 def calib(model: onnx.ModelProto, n: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
     shape = [d.dim_value or n for d in model.graph.input[0].type.tensor_type.shape.dim]
     return {"x": np.random.default_rng(seed).normal(size=shape).astype(np.float32)}
+
+
+def zero_removed_inputs(group, roots, graph) -> None:
+    """Zero the weights through which the removed root channels `roots` of a channel group
+    reach every consumer layer, so that winnowing them must leave the outputs unchanged."""
+    from onnx_compress import ir
+
+    taken = ir.all_names(graph)
+    for act in group.actions:
+        if act.kind != "in":
+            continue
+        idx = group.positions[act.tensor].removed(roots)
+        w = ir.constant_value(act.node.inputs[1]).copy()
+        if act.node.op == "Conv" or (act.node.op == "Gemm" and act.node.attrs.get("transB", 0)):
+            w[:, idx] = 0
+        else:
+            w[idx] = 0
+        ir.set_input(act.node, 1, w, ir.unique_name("zeroed", taken))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import builders as b
+from nets import zero_removed_inputs
 from onnx_compress import ir, layers
 from onnx_compress.transforms import depgraph
 
@@ -24,17 +25,7 @@ def zero_then_winnow(proto, name, frac=0.5, seed=0):
     if len(free) < 2:
         return None
     roots = np.sort(np.random.default_rng(seed).choice(free, max(1, int(len(free) * frac)), replace=False))
-    taken = ir.all_names(a.graph)
-    for act in group.actions:
-        if act.kind != "in":
-            continue
-        idx = group.positions[act.tensor].removed(roots)
-        w = ir.constant_value(act.node.inputs[1]).copy()
-        if act.node.op == "Conv" or (act.node.op == "Gemm" and act.node.attrs.get("transB", 0)):
-            w[:, idx] = 0
-        else:
-            w[idx] = 0
-        ir.set_input(act.node, 1, w, ir.unique_name("zeroed", taken))
+    zero_removed_inputs(group, roots, a.graph)
     zeroed = ir.export(a.graph, proto)
     a2 = layers.analyze(zeroed)
     group2 = depgraph.build_group(a2.find(name), a2.graph, a2.shapes)

@@ -12,9 +12,10 @@ import math
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import builders as b
+from nets import Net, zero_removed_inputs
 import onnx_compress as oc
 from onnx_compress import ir, layers
 from onnx_compress.transforms import depgraph
@@ -23,21 +24,8 @@ INT64_MAX = np.iinfo(np.int64).max
 INT64_MIN = np.iinfo(np.int64).min
 
 
-class G:
+class G(Net):
     """A tiny graph builder: each call adds a node and returns its output name(s)."""
-
-    def __init__(self, seed: int = 0, opset: int = 17):
-        self.rng = np.random.default_rng(seed)
-        self.nodes, self.inits, self.opset, self.n = [], [], opset, 0
-
-    def _name(self, op: str) -> str:
-        self.n += 1
-        return f"{op.lower()}{self.n}"
-
-    def const(self, value, name: str | None = None) -> str:
-        name = name or self._name("k")
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
 
     def ints(self, *values) -> str:
         return self.const(np.array(values, np.int64))
@@ -87,21 +75,6 @@ def group_of(model, name):
     return depgraph.build_group(a.find(name), a.graph, a.shapes)
 
 
-def _zero_inputs(group, roots, graph):
-    """Zero the weights through which removed root channels reach every consumer layer."""
-    taken = ir.all_names(graph)
-    for act in group.actions:
-        if act.kind != "in":
-            continue
-        idx = group.positions[act.tensor].removed(roots)
-        w = ir.constant_value(act.node.inputs[1]).copy()
-        if act.node.op == "Conv" or (act.node.op == "Gemm" and act.node.attrs.get("transB", 0)):
-            w[:, idx] = 0
-        else:
-            w[idx] = 0
-        ir.set_input(act.node, 1, w, ir.unique_name("zeroed", taken))
-
-
 def check_exact(model, name, seeds=(0, 1, 2), frac=0.5):
     """Winnow random sets of free root channels of `name`'s group, each after zeroing their
     contribution; the pruned model must compute the zeroed model's outputs. Returns the group."""
@@ -115,7 +88,7 @@ def check_exact(model, name, seeds=(0, 1, 2), frac=0.5):
         roots = np.sort(rng.choice(free, n, replace=False))
         a = layers.analyze(model)
         g = depgraph.build_group(a.find(name), a.graph, a.shapes)
-        _zero_inputs(g, roots, a.graph)
+        zero_removed_inputs(g, roots, a.graph)
         zeroed = ir.export(a.graph, model)
         a2 = layers.analyze(zeroed)
         g2 = depgraph.build_group(a2.find(name), a2.graph, a2.shapes)
@@ -315,7 +288,7 @@ def test_embedding_table_columns_are_sliced():
     rng = np.random.default_rng(0)
     a = layers.analyze(model)
     grp = depgraph.build_group(a.find("fc"), a.graph, a.shapes)
-    _zero_inputs(grp, np.array([1, 4, 6]), a.graph)
+    zero_removed_inputs(grp, np.array([1, 4, 6]), a.graph)
     zeroed = ir.export(a.graph, model)
     a2 = layers.analyze(zeroed)
     depgraph.winnow(depgraph.build_group(a2.find("fc"), a2.graph, a2.shapes), np.array([1, 4, 6]),
