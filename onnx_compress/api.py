@@ -16,7 +16,7 @@ from fractions import Fraction
 
 import onnx
 
-from . import cost, ir, latency, layers, pruning, runtime
+from . import cost, files, ir, latency, layers, pruning, runtime
 from . import data as data_mod
 from .errors import CompressionError, ParameterError, ShapeError
 from .select import manual
@@ -589,6 +589,8 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
         raise ParameterError("rank_select='tar' applies to weight_svd and spatial_svd, not channel_pruning")
     if not isinstance(workers, int) or workers < 1:
         raise ParameterError(f"workers must be an integer >= 1, got {workers!r}")
+    if scores_out is not None:  # found before the dictionary runs, not after
+        files.check_writable(scores_out, "scores_out")
     settings = None
     if name == "channel_pruning" and data is None:
         raise ParameterError("channel_pruning needs calibration data: pass data= (or --data)")

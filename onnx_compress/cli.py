@@ -10,7 +10,6 @@ import json
 import logging
 import shlex
 import sys
-from pathlib import Path
 
 from . import __version__, api, evaluators, files, ir, runtime
 from . import progress as progress_mod
@@ -212,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", parents=[common], help="HTML report from a saved statistics JSON",
                          description="Render the HTML report of a run from the JSON that --stats wrote.")
-    rep.add_argument("stats", help="statistics JSON written by `compress --stats`")
+    rep.add_argument("stats_in", metavar="stats", help="statistics JSON written by `compress --stats`")
     rep.add_argument("-o", "--output", required=True, metavar="REPORT.html", help="output .html file")
 
     ev = sub.add_parser("eval", parents=[common], help="top-1 accuracy of a model on labelled data",
@@ -274,15 +273,43 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _check_output(model: str, output: str, *extra: str) -> None:
-    out = Path(output)
-    if not out.parent.exists():
-        raise ParameterError(f"output folder {out.parent} does not exist")
-    if Path(model).exists() and out.exists() and out.resolve() == Path(model).resolve():
-        raise ParameterError(f"output {output} is the input model; choose another path")
-    for path in extra:
-        if path and not Path(path).parent.exists():
-            raise ParameterError(f"folder of {path} does not exist")
+#: Flags naming files a command reads (no output may be one of them), as errors name them.
+_INPUT_FLAGS = {"model": "the input model", "stats_in": "the input statistics", "data": "the --data file",
+                "eval_data": "the --eval-data file", "scores_in": "the --scores-in file",
+                "config": "the --config file"}
+#: Flags naming files a command writes, with the name errors use.
+_OUTPUT_FLAGS = (("output", "output (-o)"), ("stats", "--stats"), ("report", "--report"),
+                 ("scores_out", "--scores-out"))
+
+
+def _outputs(args) -> files.Outputs:
+    """Check every output path of the command before any work, and stage them.
+
+    Each output must be a writable file path, none may be an input of the run (the model,
+    its external data files, the data, ...) or another output. The command writes to the
+    staged paths in `args.staged` and commits them together at the end (files.Outputs):
+    a run that fails or is interrupted leaves no new file, and replaces none.
+    """
+    inputs = {getattr(args, flag, None): what for flag, what in _INPUT_FLAGS.items()}
+    if getattr(args, "model", None):
+        inputs.update({path: "an external data file of the input model" for path in ir.external_files(args.model)})
+    outs = files.Outputs(inputs)
+    args.staged = {}
+    try:
+        for flag, what in _OUTPUT_FLAGS:
+            path = getattr(args, flag, None)
+            if path is None:
+                continue
+            if flag == "report" or (flag == "output" and args.command == "report"):
+                from . import report
+
+                report.check_path(path)
+            companions = (".data",) if flag == "output" and args.command in ("compress", "quantize") else ()
+            args.staged[flag] = outs.add(path, what, companions=companions)
+    except BaseException:
+        outs.discard()
+        raise
+    return outs
 
 
 def _check_scheme(name: str) -> None:
@@ -302,11 +329,9 @@ def _quant_settings(args):
                             use_cuda=args.cuda).check()
 
 
-def _finish(args, model, stats, callback, steps: list[dict]) -> dict | None:
-    """Optionally quantize, then write the model, the statistics and the report (in that order).
-
-    The model is written first (the step that can fail on a bad model), so a failure leaves
-    no statistics or report behind. Returns the quantization row of `steps`, if any.
+def _finish(args, outs: files.Outputs, model, stats, callback, steps: list[dict]) -> dict | None:
+    """Optionally quantize, then write the model, the statistics and the report to their
+    staged paths, and commit them together. Returns the quantization row of `steps`, if any.
     """
     from . import quantization as quant_mod
 
@@ -318,24 +343,25 @@ def _finish(args, model, stats, callback, steps: list[dict]) -> dict | None:
         model = qmodel
     _save(args, model)
     if quant_row is not None:
-        quant_row["bytes"] = quant_mod.file_size(args.output)
+        quant_row["bytes"] = quant_mod.file_size(args.staged["output"])
         steps.append(quant_row)
     if args.stats:
         payload = stats.to_dict()
         payload["pipeline"] = steps
         payload["command"] = args.command_line
-        files.write_text(args.stats, json.dumps(payload, indent=2))
+        files.write_text(args.staged["stats"], json.dumps(payload, indent=2))
     if args.report:
         from . import report
 
-        report.write(args.report, stats, command=args.command_line, steps=steps)
+        report.write(args.staged["report"], stats, command=args.command_line, steps=steps)
+    outs.commit()
     return quant_row
 
 
 def _save(args, model) -> None:
-    """Write OUT atomically; with external data when asked or when the input model has it."""
+    """Write OUT (staged); with external data when asked or when the input model has it."""
     external = getattr(args, "external_data", False) or ir.uses_external_data(args.model)
-    ir.save(model, args.output, external=True if external else None)
+    ir.save(model, args.staged["output"], external=True if external else None)
 
 
 def _steps(args, model_bytes: int, stats) -> list[dict]:
@@ -357,11 +383,6 @@ def _print_steps(steps: list[dict], what: str) -> None:
 
 
 def _check_common(args) -> None:
-    _check_output(args.model, args.output, args.stats or "", getattr(args, "scores_out", None) or "")
-    if args.report:
-        from . import report
-
-        report.check_path(args.report)
     if args.quantize:
         if not args.data:
             raise ParameterError("--quantize calibrates on --data CALIB.npz; pass it")
@@ -370,8 +391,13 @@ def _check_common(args) -> None:
 
 def cmd_compress(args) -> int:
     _check_common(args)
-    if args.target is not None:
-        return _compress_auto(args)
+    with _outputs(args) as outs:
+        if args.target is not None:
+            return _compress_auto(args, outs)
+        return _compress_manual(args, outs)
+
+
+def _compress_manual(args, outs: files.Outputs) -> int:
     schemes = [s.strip() for s in args.scheme.split(",") if s.strip()]
     for name in schemes:
         _check_scheme(name)
@@ -397,7 +423,7 @@ def cmd_compress(args) -> int:
         modules_to_ignore=[n.strip() for n in args.ignore.split(",") if n.strip()] if args.ignore else None,
     )
     steps = _steps(args, ir.model_bytes(model), stats)
-    _finish(args, model, stats, callback, steps)
+    _finish(args, outs, model, stats, callback, steps)
     if not args.quiet:
         print(stats)
     print(f"wrote {args.output}" + (f" and {args.stats}" if args.stats else "")
@@ -409,7 +435,7 @@ def cmd_compress(args) -> int:
     return 0
 
 
-def _compress_auto(args) -> int:
+def _compress_auto(args, outs: files.Outputs) -> int:
     from .select.config import load_config
 
     if "," in args.scheme:
@@ -432,14 +458,14 @@ def _compress_auto(args) -> int:
         args.model, args.scheme, args.target, callback, args.eval_iterations, cost_metric=args.metric,
         candidates=args.candidates, use_monotonic_fit=args.monotonic_fit, method=args.solver,
         rank_select=args.rank_select, modules_to_ignore=ignore, config_list=config,
-        saved_eval_scores_dict=args.scores_in, scores_out=args.scores_out, workers=args.workers,
+        saved_eval_scores_dict=args.scores_in, scores_out=args.staged.get("scores_out"), workers=args.workers,
         multiplicity=args.multiplicity, input_shape=_parse_shapes(args.input_shape), use_cuda=args.cuda,
         data=args.data, num_reconstruction_samples=args.samples, selection=args.selection,
         reconstruct=not args.no_reconstruction, seed=args.seed, svd_refit=args.svd_refit,
         latency_batch_size=args.latency_batch, allow_slower_splits=args.allow_slower_splits,
     )
     steps = _steps(args, ir.model_bytes(model), stats)
-    _finish(args, model, stats, callback, steps)
+    _finish(args, outs, model, stats, callback, steps)
     sel = stats.selection
     if not args.quiet:
         print(stats)
@@ -458,14 +484,14 @@ def _compress_auto(args) -> int:
 
 
 def cmd_quantize(args) -> int:
+    settings = _quant_settings(args)
+    with _outputs(args) as outs:
+        return _quantize(args, outs, settings)
+
+
+def _quantize(args, outs: files.Outputs, settings) -> int:
     from . import quantization as quant_mod
 
-    _check_output(args.model, args.output)
-    if args.report:
-        from . import report
-
-        report.check_path(args.report)
-    settings = _quant_settings(args)
     original = ir.load(args.model)
     callback = evaluators.accuracy(args.eval_data) if args.eval_data else None
     before = runtime.evaluate(original, callback, None, args.cuda) if callback else None
@@ -473,7 +499,7 @@ def cmd_quantize(args) -> int:
     after = runtime.evaluate(qmodel, callback, None, args.cuda) if callback else None
     _save(args, qmodel)
     steps = [{"step": "original", "score": before, "bytes": quant_mod.file_size(args.model), "mac_ratio": None},
-             {"step": "quantized (int8 QDQ)", "score": after, "bytes": quant_mod.file_size(args.output),
+             {"step": "quantized (int8 QDQ)", "score": after, "bytes": quant_mod.file_size(args.staged["output"]),
               "mac_ratio": None}]
     if args.report:
         from . import report
@@ -484,7 +510,8 @@ def cmd_quantize(args) -> int:
                                  memory_before=analysis.total("memory"), memory_after=analysis.total("memory"),
                                  baseline_score=before, final_score=after, input_dims=dict(analysis.input_dims),
                                  parameters={"model": args.model, "data": args.data, **vars(settings)})
-        report.write(args.report, stats, command=args.command_line, steps=steps)
+        report.write(args.staged["report"], stats, command=args.command_line, steps=steps)
+    outs.commit()
     print(f"wrote {args.output}" + (f"; report {args.report}" if args.report else ""))
     _print_steps(steps, "accuracy" if callback else "score")
     return 0
@@ -493,11 +520,12 @@ def cmd_quantize(args) -> int:
 def cmd_report(args) -> int:
     from . import report
 
-    _check_output(args.stats, args.output)
-    payload = files.read_json(args.stats, "statistics")
-    if not isinstance(payload, dict) or "scheme" not in payload or "per_layer" not in payload:
-        raise ParameterError(f"{args.stats}: not a statistics JSON written by `onnx-compress compress --stats`")
-    report.write(args.output, payload, command=payload.get("command"), steps=payload.get("pipeline"))
+    with _outputs(args) as outs:
+        payload = files.read_json(args.stats_in, "statistics")
+        if not isinstance(payload, dict) or "scheme" not in payload or "per_layer" not in payload:
+            raise ParameterError(f"{args.stats_in}: not a statistics JSON written by `onnx-compress compress --stats`")
+        report.write(args.staged["output"], payload, command=payload.get("command"), steps=payload.get("pipeline"))
+        outs.commit()
     print(f"wrote {args.output}")
     return 0
 

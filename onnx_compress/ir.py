@@ -68,6 +68,7 @@ def load(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
             raise ModelLoadError(f"{path}: no such model file")
         try:
             proto = onnx.load(str(path), load_external_data=False)
+            _check_external_locations(proto, path)
             stored = sum(_nbytes(t) for t in _all_tensors(proto) if _is_external(t))
             if stored and stored + path.stat().st_size >= FILE_BACKED_LIMIT:
                 log.info("%s: %.2f GB of external weights stay on disk (file-backed)", path, stored / 1e9)
@@ -283,20 +284,61 @@ def _nbytes(tensor: onnx.TensorProto) -> int:
     return math.prod(tensor.dims) * itemsize
 
 
+def _external_target(tensor: onnx.TensorProto, path: Path, base: Path) -> Path:
+    """The file holding external tensor `tensor` of the model at `path` (`base`: its folder,
+    resolved); ModelLoadError unless it is a plain file location inside that folder."""
+    location = _external_entries(tensor).get("location", "")
+    rel = Path(location)
+    if not location or rel.is_absolute() or ".." in rel.parts or "\0" in location:
+        raise ModelLoadError(f"{path}: tensor '{tensor.name}' has an invalid external data location "
+                             f"{location!r} (must be a relative path inside the model's folder)")
+    target = base / rel
+    real = Path(os.path.realpath(target))
+    if real != target:  # a symbolic link at the file or at a folder on the way
+        raise ModelLoadError(f"{path}: external data location {location!r} of tensor '{tensor.name}' is or "
+                             "passes through a symbolic link; external data must be a plain file inside "
+                             "the model's folder")
+    return target
+
+
+def _check_external_locations(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse external data that would be read from outside the model's folder: absolute
+    locations, `..`, and symbolic links anywhere on the way (resolved, then compared)."""
+    base = Path(os.path.realpath(path.parent if str(path.parent) else "."))
+    for tensor in _all_tensors(proto):
+        if _is_external(tensor):
+            _external_target(tensor, path, base)
+
+
+def external_files(path: str | os.PathLike) -> list[Path]:
+    """The external data files the model at `path` reads (resolved; [] when it has none or
+    cannot be read): the files a run must never write to."""
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return []
+    base = Path(os.path.realpath(path.parent if str(path.parent) else "."))
+    found = set()
+    for tensor in _all_tensors(proto):
+        if _is_external(tensor):
+            try:
+                found.add(_external_target(tensor, path, base))
+            except ModelLoadError:
+                continue
+    return sorted(found)
+
+
 def _anchor_external_data(proto: onnx.ModelProto, path: Path) -> None:
     """Make `proto`'s external locations absolute (file-backed), after checking them."""
-    base = path.parent.resolve()
+    base = Path(os.path.realpath(path.parent if str(path.parent) else "."))
     sizes: dict[Path, int] = {}
     for tensor in _all_tensors(proto):
         if not _is_external(tensor):
             continue
         entries = _external_entries(tensor)
         location = entries.get("location", "")
-        rel = Path(location)
-        if not location or rel.is_absolute() or ".." in rel.parts:
-            raise ModelLoadError(f"{path}: tensor '{tensor.name}' has an invalid external data location "
-                                 f"{location!r} (must be a relative path inside the model's folder)")
-        target = base / rel
+        target = _external_target(tensor, path, base)
         if target not in sizes:
             if not target.is_file():
                 raise ModelLoadError(f"{path}: external data file {location} (tensor '{tensor.name}') is missing")
@@ -793,13 +835,24 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike, *, external: bool | No
             _save_external(proto, tmp, data_name)
         else:
             onnx.save_model(proto, str(tmp))
-        if check and (big or backed):
-            onnx.checker.check_model(str(tmp))
+        if check:  # nothing invalid is ever moved into place
+            _check_written(tmp if (big or backed) else proto, path)
         if (tmpdir / data_name).exists():
             os.replace(tmpdir / data_name, parent / data_name)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _check_written(model: onnx.ModelProto | Path, path: Path) -> None:
+    """onnx.checker on a model about to be written to `path` (by its file when it is too
+    big for memory); ModelLoadError naming `path` when it fails."""
+    try:
+        onnx.checker.check_model(str(model) if isinstance(model, Path) else model)
+    except Exception as exc:
+        head = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{path}: the model to be written is not valid ONNX ({head}); nothing was "
+                             "written (please report this)") from None
 
 
 def _save_external(proto: onnx.ModelProto, model_path: Path, data_name: str) -> None:

@@ -101,6 +101,7 @@ def quantize(model, data, settings: QuantizeSettings | None = None, **kwargs) ->
 
     settings = (settings or QuantizeSettings(**kwargs)).check()
     proto = ir.load(model)
+    _refuse_quantized(proto, model)
     feeds = calibration_feeds(proto, data, settings.max_batches)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[settings.calibrate_method]
@@ -139,6 +140,30 @@ def quantize(model, data, settings: QuantizeSettings | None = None, **kwargs) ->
     # keep the user's metadata; ORT keeps opset and producer as it needs them
     result.doc_string = proto.doc_string or result.doc_string
     return result
+
+
+#: Ops that mark a model as quantized already (QDQ pairs, QOperator kernels, ORT's n-bit
+#: weight formats): quantizing it again would duplicate its quantization parameters.
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+    "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu",
+    "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool", "QGemm", "MatMulNBits",
+    "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention",
+})
+
+
+def quantized_nodes(proto: onnx.ModelProto) -> list[str]:
+    """Names (or op types) of the nodes that make `proto` a quantized model, subgraphs included."""
+    return [node.name or node.op_type for g in ir.all_graphs(proto.graph) for node in g.node
+            if node.op_type in QUANTIZED_OPS]
+
+
+def _refuse_quantized(proto: onnx.ModelProto, model) -> None:
+    found = quantized_nodes(proto)
+    if found:
+        where = model if isinstance(model, (str, Path)) else "the model"
+        raise ParameterError(f"{where} is already quantized ({len(found)} quantization node(s), e.g. "
+                             f"'{found[0]}'); quantize the float model instead")
 
 
 @contextlib.contextmanager
