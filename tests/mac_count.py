@@ -34,6 +34,8 @@ def count(path_or_model, input_dims: dict[str, tuple[int, ...]]) -> tuple[int, i
         for n in g.node:
             if n.op_type == "Constant":
                 consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t).shape
+            elif n.op_type == "Identity" and n.input[0] in consts:  # a weight read through Identity
+                consts[n.output[0]] = consts[n.input[0]]
             for a in n.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
                     collect(a.g)
