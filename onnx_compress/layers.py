@@ -364,7 +364,27 @@ def _weight_of(node) -> tuple[np.ndarray | None, str | None]:
             return None, f"weight is {w.ndim}-D (batched MatMul), expected 2-D"
     if not np.issubdtype(w.dtype, np.floating):
         return None, f"weight dtype {w.dtype} is not floating point"
+    if not _all_finite(w):
+        return None, NOT_FINITE
+    if node.op in ("Conv", "Gemm") and len(node.inputs) > 2 and node.inputs[2].name:
+        bias = ir.constant_value(node.inputs[2])
+        if bias is not None and np.issubdtype(bias.dtype, np.floating) and not _all_finite(bias):
+            return None, "bias holds NaN or Inf values"
     return w, None
+
+
+#: The reason a layer whose weight holds NaN or Inf is refused (SVD cannot factor it; a
+#: channel selection or refit on it is meaningless).
+NOT_FINITE = "weight holds NaN or Inf values"
+
+
+def _all_finite(a: np.ndarray, chunk: int = 1 << 22) -> bool:
+    """Whether every value of `a` is finite, checked in slices along axis 0 so a large
+    (memory-mapped) weight is read once and no full-size temporary is made."""
+    if a.ndim == 0 or a.size <= chunk:
+        return bool(np.isfinite(a).all())
+    step = max(1, chunk // max(1, a[0].size))
+    return all(bool(np.isfinite(a[i:i + step]).all()) for i in range(0, a.shape[0], step))
 
 
 def _macs(op: str, w: np.ndarray, node, in_shape, out_shape) -> int | None:

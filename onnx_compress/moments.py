@@ -6,6 +6,7 @@ row (Gemm/MatMul). Activations come from ONNX Runtime with the layers' inputs ex
 """
 from __future__ import annotations
 
+import logging
 import math
 import zlib
 
@@ -15,6 +16,16 @@ import onnx
 from . import layers as layers_mod
 from . import pruning
 from .transforms import reconstruct, svd
+
+log = logging.getLogger(__name__)
+
+
+def layer_rows(layer: layers_mod.Layer, x: np.ndarray) -> np.ndarray:
+    """The input rows (n, K) a Gemm/MatMul multiplies by its weight: y = rows @ W. A Gemm
+    with transA=1 stores A as (K, M) and multiplies A^T, whose rows are A's columns."""
+    if layer.op == "Gemm" and int(layer.attrs.get("transA", 0)):
+        return x.reshape(x.shape[0], -1).T
+    return x.reshape(-1, x.shape[-1])
 
 
 def input_moments(proto: onnx.ModelProto, targets: list[layers_mod.Layer], scheme: str, data,
@@ -38,7 +49,7 @@ def input_moments(proto: onnx.ModelProto, targets: list[layers_mod.Layer], schem
             if count == 0:
                 continue
             if spec is None:
-                rows = x.reshape(-1, x.shape[-1])
+                rows = layer_rows(layer, x)
                 p = rows[rng.integers(0, len(rows), count)].astype(np.float64)
             else:
                 kernel, strides, pads, dilations = spec
@@ -48,5 +59,9 @@ def input_moments(proto: onnx.ModelProto, targets: list[layers_mod.Layer], schem
                 p = p.reshape(len(p), -1).astype(np.float64)
             parts.append(p)
         p = np.concatenate(parts) if parts else np.zeros((0, dim))
-        out[layer.name] = (p.T @ p) / max(len(p), 1)  # one product: many small batches stay fast
+        moment = (p.T @ p) / max(len(p), 1)  # one product: many small batches stay fast
+        if not np.isfinite(moment).all():  # e.g. downstream of a layer with NaN weights
+            log.warning("layer '%s': its calibration inputs hold NaN or Inf values; plain SVD for it", layer.name)
+            continue
+        out[layer.name] = moment
     return out

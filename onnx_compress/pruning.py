@@ -185,6 +185,35 @@ def root_view(arr: np.ndarray, index: np.ndarray) -> np.ndarray:
     return out.reshape(arr.shape[0], index.shape[0], -1)
 
 
+def select_kept(group: depgraph.ChannelGroup, selection: str, patches_view, weight_view: np.ndarray, keep: int,
+                locked: np.ndarray | None, multiplicity: int = 1) -> np.ndarray:
+    """The roots to keep: `selection`'s choice of `keep`, with every tensor of the group
+    left at least one channel (`group.exhaustible`: a narrow Concat segment must not lose
+    its producer's every output channel), `multiplicity` of them where the count allows.
+
+    A set the selection would empty gets its strongest roots (L1 norm of the root layer's
+    weight) locked, and the selection runs again; the result may then hold more than
+    `keep` roots. Sorted int64 root indices.
+    """
+    locked = np.zeros(group.size, dtype=bool) if locked is None else np.array(locked, dtype=bool)
+    sets = group.exhaustible()
+    floor = 1
+    if multiplicity > 1 and int(locked.sum()) + sum(min(multiplicity, len(r)) for r in sets) <= keep:
+        floor = multiplicity
+    norms = np.abs(weight_view).sum(axis=(0, 2), dtype=np.float64)
+    select = reconstruct.SELECTORS[selection]
+    while True:
+        kept = select(patches_view, weight_view, max(keep, int(locked.sum())), locked)
+        mask = np.zeros(group.size, dtype=bool)
+        mask[kept] = True
+        short = [r for r in sets if int(mask[r].sum()) < min(floor, len(r))]
+        if not short:
+            return kept
+        for roots in short:
+            order = roots[np.lexsort((roots, -norms[roots]))]
+            locked[order[:min(floor, len(roots))]] = True
+
+
 def sample_layer(sampler: Sampler, model: onnx.ModelProto, layer: layers.Layer, rng, n_total: int,
                  with_targets: bool, orig_layer_out: str, out_keep: np.ndarray | None):
     """Patches (n, C, K) of `layer`'s input in `model`, and the original layer's outputs
@@ -291,7 +320,14 @@ def _prune_one(state: _State, sampler: Sampler, name: str, ratio: Fraction, sett
                                   False, "", None)
         patches_view = root_view(patches.astype(np.float64), root_index)
     locked = None if gather else group.locked
-    kept = reconstruct.SELECTORS[settings.selection](patches_view, weight_view, keep, locked)
+    kept = select_kept(group, settings.selection, patches_view, weight_view, keep, locked, multiplicity)
+    if len(kept) > keep:
+        note = "; ".join(filter(None, [note, f"kept {len(kept)} (not {keep}): every Concat segment / "
+                                             "branch of the group keeps a channel"]))
+        keep = len(kept)
+        if keep >= size:
+            return SkippedLayer(name, layer.op, f"ratio {float(ratio):g} keeps all {size} channels once every "
+                                                "branch of its group keeps a channel")
     removed = np.setdiff1d(np.arange(size), kept)
     downsampled = removed[group.locked[removed]]  # only with a custom downsample op
     removed = removed[~group.locked[removed]]
@@ -378,6 +414,9 @@ def _refit(state: _State, sampler: Sampler, name: str, settings: PruneSettings, 
     patches, targets = sample_layer(sampler, state.model, layer, rng, settings.num_reconstruction_samples,
                                     True, node.outputs[0].name, state.out_keep.get(name))
     # Targets come from the original model, whose output tensor has the same name.
+    if not (np.isfinite(patches).all() and np.isfinite(targets).all()):
+        log.warning("layer '%s': its calibration inputs or outputs hold NaN or Inf values; not refit", name)
+        return False
     w0 = layer_weight(layer).astype(np.float64)
     w, bias_fit, _alpha = reconstruct.reconstruct_toward(patches, targets, w0, fit_bias, seed=settings.seed)
     dtype = layer.weight.dtype

@@ -29,8 +29,15 @@ REFIT_OPS = ("MatMul", "Gemm")
 
 
 def refittable(layer) -> bool:
-    return (layer.op in REFIT_OPS and not layer.in_subgraph
-            and not (layer.op == "Gemm" and int(layer.attrs.get("transA", 0))))
+    return layer.op in REFIT_OPS and not layer.in_subgraph
+
+
+def _as_rows(layer, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """Batches of the layer's input as the weight sees them: a Gemm with transA=1 reads
+    A^T, so its batches are transposed (features on the last axis)."""
+    if layer.op == "Gemm" and int(layer.attrs.get("transA", 0)):
+        return [x.reshape(x.shape[0], -1).T for x in xs]
+    return xs
 
 
 def refit_second_factors(current: onnx.ModelProto, original: onnx.ModelProto, plans, new_nodes: dict,
@@ -75,7 +82,7 @@ def refit_second_factors(current: onnx.ModelProto, original: onnx.ModelProto, pl
             w = w.T
         w = np.asarray(w, dtype=np.float64)  # (K, N)
         rows = max(settings.num_reconstruction_samples, 20 * a.shape[1])
-        xo, xc = _paired_rows(x_orig, x_cur, rows, rng)
+        xo, xc = _paired_rows(_as_rows(layer, x_orig), _as_rows(layer, x_cur), rows, rng)
         z = xc @ a
         target = xo @ w
         gram = z.T @ z

@@ -23,6 +23,11 @@ from ..transforms import depgraph, reconstruct
 from .greedy import Candidate, Unit
 
 
+#: Why a group whose sampled inputs or outputs hold NaN/Inf (downstream of a layer with
+#: NaN weights) is not scored.
+NOT_FINITE_SAMPLES = "its calibration inputs or outputs hold NaN or Inf values"
+
+
 def _weight_names(proto: onnx.ModelProto) -> set[str]:
     return {t.name for t in proto.graph.initializer}
 
@@ -65,6 +70,8 @@ def group_units(proto: onnx.ModelProto, analysis: layers.Analysis, names: list[s
         unit = _unit(layer, group, members, sampler, rng, keys, settings, costs, multiplicity)
         if unit is None:
             skipped[name] = "no candidate ratio removes a channel"
+        elif unit is NOT_FINITE_SAMPLES:
+            skipped[name] = unit
         else:
             units.append(unit)
     progress.update("channel-pruning candidates", len(order), len(order))
@@ -80,6 +87,8 @@ def _unit(root, group, members, sampler, rng, keys, settings, costs, multiplicit
     size = group.size
     sampler.prefetch([t.name for m in members for t in (m.node.inputs[0], m.node.outputs[0])])
     samples = {m.name: _samples(sampler, m, rng, settings.num_reconstruction_samples) for m in members}
+    if not all(np.isfinite(p).all() and np.isfinite(t).all() for p, t in samples.values()):
+        return NOT_FINITE_SAMPLES
     grams = {}
     if settings.reconstruct:
         for m in members:
@@ -98,7 +107,11 @@ def _unit(root, group, members, sampler, rng, keys, settings, costs, multiplicit
         keep = max(reconstruct.kept_count(size, q, multiplicity), int(group.locked.sum()))
         if keep >= size or any(c[1] == keep for c in choices):  # past the top, or a repeat after rounding
             continue
-        kept = reconstruct.SELECTORS[settings.selection](patches_view, weight_view, keep, group.locked)
+        kept = pruning.select_kept(group, settings.selection, patches_view, weight_view, keep, group.locked,
+                                   multiplicity)
+        keep = len(kept)  # more when every branch of the group keeps a channel
+        if keep >= size or any(c[1] == keep for c in choices):
+            continue
         removed = np.setdiff1d(np.arange(size), kept)
         choices.append((key, keep, removed, _unit_cost(group, removed, costs)))
     if not choices:
@@ -206,11 +219,13 @@ def _overrides(group, members, samples, grams, removed: np.ndarray, settings) ->
         has_bias = _has_bias(m)
         new = np.zeros_like(w3)
         if settings.reconstruct:
-            bias = ir.constant_value(m.node.inputs[2]).astype(np.float64).reshape(-1) if has_bias else None
+            stored = ir.constant_value(m.node.inputs[2]) if has_bias else None
+            bias = stored.astype(np.float64).reshape(-1) if has_bias else None
             fit_w, fit_b, _ = grams[m.name].fit(keep, w3[:, keep])
             new[:, keep] = fit_w
             if has_bias and fit_b is not None and bias is not None and bias.shape == fit_b.shape:
-                out[m.node.inputs[2].name] = fit_b.astype(m.weight.dtype)
+                # the stored layout (e.g. a Gemm C of shape (1, N)): a swapped-in value keeps its shape
+                out[m.node.inputs[2].name] = fit_b.reshape(stored.shape).astype(m.weight.dtype)
         else:
             new[:, keep] = w3[:, keep]
         out[m.node.inputs[1].name] = pruning.stored_layout(m, new).astype(m.weight.dtype)

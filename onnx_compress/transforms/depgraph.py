@@ -107,6 +107,7 @@ class Position:
     tensor: object
     axis: int
     index: np.ndarray
+    width: int | None = None  # the tensor's channel count along `axis` (None: unknown)
 
     def removed(self, roots: np.ndarray) -> np.ndarray:
         """Sorted unique indices along `axis` that removing roots `roots` deletes."""
@@ -163,6 +164,26 @@ class ChannelGroup:
     def all_locked(self) -> bool:
         """Whether no channel of the group can be removed."""
         return int(self.locked.sum()) == self.size
+
+    def exhaustible(self) -> list[np.ndarray]:
+        """Sets of unlocked roots that fill every channel of some tensor of the group (a
+        narrow Concat segment, its producer, a Split output): removing a whole set would
+        leave that tensor, and the layer behind it, with no channel. Sorted root indices,
+        each set once; the set of every root (the layer's own input) is left out."""
+        out, seen = [], set()
+        for pos in self.positions.values():
+            if pos.width is None:
+                continue
+            present = pos.index >= 0
+            if len(np.unique(pos.index[present])) < pos.width:
+                continue  # channels outside the group stay there
+            roots = np.flatnonzero(present.any(axis=1))
+            key = tuple(int(r) for r in roots)
+            if len(roots) == self.size or key in seen or self.locked[roots].any():
+                continue
+            seen.add(key)
+            out.append(roots)
+        return out
 
     def lock_summary(self) -> str:
         return "; ".join(f"{why} ({n} channel{'s' if n != 1 else ''})" for why, n in self.reasons.items())
@@ -226,7 +247,9 @@ class _Walk:
                 old.index = merged
                 self.queue.append(old)
             return
-        pos = Position(tensor, axis, index)
+        shape = self.shape(tensor)
+        width = int(shape[axis]) if shape is not None and 0 <= axis < len(shape) else None
+        pos = Position(tensor, axis, index, width)
         self.g.positions[tensor.name] = pos
         self.queue.append(pos)
 
@@ -406,6 +429,8 @@ def _layer(w: _Walk, node, pos: Position) -> str | None:
         weight = ir.constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
         if weight is None:
             return f"{_where(node)} has a non-constant weight"
+        if not _finite_params(node):
+            return f"{_where(node)} has NaN or Inf weight or bias values"
         if pos.axis != 1:
             return f"{_where(node)} sees the channels on axis {pos.axis}"
         group = int(node.attrs.get("group", 1))
@@ -425,6 +450,8 @@ def _layer(w: _Walk, node, pos: Position) -> str | None:
     if len(node.inputs) < 2 or ir.constant_value(node.inputs[weight_slot]) is None:
         return f"{_where(node)} has a non-constant weight"
     weight = ir.constant_value(node.inputs[1])
+    if not _finite_params(node):
+        return f"{_where(node)} has NaN or Inf weight or bias values"
     if node.op == "MatMul" and weight.ndim != 2:
         return f"{_where(node)} has a {weight.ndim}-D weight"
     if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
@@ -437,6 +464,31 @@ def _layer(w: _Walk, node, pos: Position) -> str | None:
         return f"{_where(node)} sees the channels on axis {pos.axis}, not the last"
     w.act("out" if out else "in", node, pos)
     return None
+
+
+def _finite(tensor, value: np.ndarray) -> bool:
+    """Whether a layer's constant weight is finite, checked once per constant (a layer
+    with NaN/Inf weights is refused, so its channels are not pruned from a neighbour)."""
+    known = getattr(tensor, "_onnx_compress_finite", None)
+    if known is None:
+        from ..layers import _all_finite
+
+        known = not np.issubdtype(value.dtype, np.floating) or _all_finite(value)
+        try:
+            tensor._onnx_compress_finite = known
+        except AttributeError:
+            pass
+    return known
+
+
+def _finite_params(node) -> bool:
+    """Whether a layer's constant weight and bias are finite."""
+    for slot in (1, 2) if node.op != "MatMul" else (1,):
+        if slot < len(node.inputs) and node.inputs[slot].name:
+            value = ir.constant_value(node.inputs[slot])
+            if value is not None and not _finite(node.inputs[slot], value):
+                return False
+    return True
 
 
 def _data_sides(node, pos: Position):
@@ -1205,7 +1257,11 @@ def winnow(group: ChannelGroup, roots: np.ndarray, taken: set[str]) -> dict[str,
         elif action.kind == "groupnorm":
             _update_groupnorm(node, action, idx, taken)
     for pos in group.positions.values():
-        ir.forget_shape(pos.tensor)
+        # Only tensors that lost channels changed shape. The others keep theirs: a graph
+        # input or output reached only by locked roots (beside a Concat segment that
+        # shrank) must keep its declared dims, since the model's interface never changes.
+        if len(pos.removed(roots)):
+            ir.forget_shape(pos.tensor)
     return removed_out
 
 
