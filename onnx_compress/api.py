@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from fractions import Fraction
 
+import numpy as np
 import onnx
 
 from . import cost, files, ir, latency, layers, pruning, runtime
 from . import data as data_mod
-from .errors import CompressionError, ParameterError, ShapeError
+from .errors import CompressionError, LayerError, ParameterError, ShapeError
 from .select import manual
 from .stats import CompressionStats, LayerStats, SkippedLayer, describe_parameters, per_layer_rows
 from .transforms import SCHEMES, apply
@@ -65,6 +67,8 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     """
     parameters = describe_parameters(dict(locals(), function="compress"))
     report_path = _report_path(visualization)
+    eval_callback = runtime.checked_callback(eval_callback)
+    runtime.check_iterations(eval_iterations)
     steps = [_scheme_name(s) for s in (scheme if isinstance(scheme, (list, tuple)) else [scheme])]
     if not steps:
         raise ParameterError("scheme list is empty")
@@ -87,8 +91,11 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
                                  "of arrays, an iterable of feed dicts or a CalibrationDataReader)")
     proto = ir.load(model)
     first = layers.analyze(proto, input_shape, _data_shapes(data) if data is not None else None)
+    _require_layers(first, every=False)
     dims = first.input_dims
     ignored = _ignored(first, modules_to_ignore)
+    if not any(isinstance(r, dict) for r in step_ratios):
+        _require_eligible(first, steps, ignored, model)
     baseline = runtime.evaluate(proto, eval_callback, eval_iterations, use_cuda) if eval_callback else None
     current, layer_stats, skipped = proto, [], []
     census = None
@@ -103,6 +110,9 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
                                               ignored)
         layer_stats += lstats
         skipped += lskipped
+    if not layer_stats and any(s.reason != _UNCHANGED for s in skipped):
+        raise LayerError(f"no layer of {_where(model)} can be compressed by {'+'.join(steps)} at these "
+                         f"ratios: {_reasons([(s.name, s.reason) for s in skipped if s.reason != _UNCHANGED])}")
     after = layers.analyze(current, dims)
     final = runtime.evaluate(current, eval_callback, eval_iterations, use_cuda) if eval_callback else None
     stats = CompressionStats(
@@ -265,8 +275,46 @@ def _step_ratios(steps: list[str], ratios) -> list:
 
 def _as_ratio_spec(ratios):
     if isinstance(ratios, (list, tuple)):
-        return _pairs_to_dict(ratios)
+        ratios = _pairs_to_dict(ratios)
+    for name, r in (ratios.items() if isinstance(ratios, dict) else [(None, ratios)]):
+        if isinstance(r, (bool, np.bool_)):  # True would read as the ratio 1
+            where = f"layer '{name}'" if name is not None else "ratios"
+            raise ParameterError(f"{where}: ratio must be a number in (0, 1], got {r!r}")
     return ratios
+
+
+_UNCHANGED = "ratio 1.0: left unchanged"
+
+
+def _where(model) -> str:
+    return str(model) if isinstance(model, (str, os.PathLike)) else "the model"
+
+
+def _reasons(items: list[tuple[str, str]]) -> str:
+    """'name': reason (+k more; by reason: r (n), ...) for a one-line error."""
+    if not items:
+        return f"it has no {', '.join(layers.LAYER_OPS[:-1])} or {layers.LAYER_OPS[-1]} layer"
+    name, reason = items[0]
+    if len(items) == 1:
+        return f"'{name}': {reason}"
+    counts = Counter(r.split(":")[0][:70] for _, r in items)
+    return (f"'{name}': {reason} (+{len(items) - 1} more; by reason: "
+            + ", ".join(f"{k} ({n})" for k, n in counts.most_common(3)) + ")")
+
+
+def _require_eligible(analysis: layers.Analysis, steps: list[str], ignored: dict[str, str], model) -> None:
+    """LayerError, before any work, when no step of `steps` applies to any layer of the model
+    (every layer refused, ignored or of a kind the scheme cannot take), with the reasons."""
+    why: dict[str, str] = {l.name: l.reason for l in analysis.layers if l.reason}
+    for layer in analysis.compressible:
+        for step in steps:
+            check = pruning.check_layer if step == "channel_pruning" else SCHEMES[step].check
+            reason = ignored.get(layer.name) or check(layer)
+            if reason is None:
+                return
+            why.setdefault(layer.name, reason)
+    raise LayerError(f"no layer of {_where(model)} can be compressed by {'+'.join(steps)}: "
+                     f"{_reasons(list(why.items()))}")
 
 
 def inspect(model, input_shape=None) -> layers.Analysis:
@@ -312,6 +360,18 @@ def _ignored(analysis: layers.Analysis, ignore) -> dict[str, str]:
         if name not in known:
             analysis.find(name)  # LayerError with close matches
     return {name: "ignored (modules_to_ignore / --ignore)" for name in names}
+
+
+def _require_layers(analysis: layers.Analysis, every: bool) -> None:
+    """LayerError when no layer of the model can be compressed: always with `every` (auto
+    mode has nothing to choose from), else when some layer was refused for NaN/Inf values."""
+    if analysis.compressible or not analysis.layers:
+        return
+    refused = [l for l in analysis.layers if l.reason]
+    if every or any("NaN or Inf" in l.reason for l in refused):
+        first = refused[0]
+        more = f" (+{len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise LayerError(f"no layer of the model can be compressed: '{first.name}': {first.reason}{more}")
 
 
 def _total(analysis: layers.Analysis, metric: str) -> int | None:
@@ -577,6 +637,10 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
 
     name = _scheme_name(scheme)
     metric = cost.check_metric(cost_metric)
+    eval_callback = runtime.checked_callback(eval_callback)
+    runtime.check_iterations(eval_iterations)
+    if isinstance(target, (bool, np.bool_)):
+        raise ParameterError(f"target_comp_ratio: ratio must be a number in (0, 1], got {target!r}")
     grid = "mac" if metric == "latency" else metric  # candidates (and fixed ratios) on the MAC grid
     multiplicity = resolve_multiplicity(multiplicity, use_cuda, parameters)
     target_q = cost.check_ratio(target, "target_comp_ratio")
@@ -602,10 +666,13 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     keys = greedy.tar_levels(candidates) if rank_select == "tar" else greedy.candidate_keys(candidates)
     proto = ir.load(model)
     first = layers.analyze(proto, input_shape, _data_shapes(data) if data is not None else None)
+    _require_layers(first, every=True)
     dims = first.input_dims
     total = first.total(grid)
     checker = pruning.check_layer if name == "channel_pruning" else SCHEMES[name].check
     eligible = [l for l in first.compressible if checker(l) is None]
+    if not eligible:
+        _require_eligible(first, [name], {}, model)
     resolution = config_mod.resolve(eligible, config_list, modules_to_ignore)
     skipped = [SkippedLayer(l.name, l.op, l.reason) for l in first.layers if l.reason]
     skipped += [SkippedLayer(l.name, l.op, checker(l)) for l in first.compressible if checker(l)]
@@ -630,6 +697,9 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
         units, left = greedy.svd_units(analysis, name, list(resolution.auto), keys, grid, multiplicity,
                                        tar=rank_select == "tar", moments=moments)
     skipped += [SkippedLayer(n, analysis.find(n).op, why) for n, why in left.items()]
+    if not units and not resolution.fixed:
+        raise LayerError(f"no layer of {_where(model)} can be compressed by {name}: "
+                         f"{_reasons([(k.name, k.reason) for k in _dedupe(skipped) if k.reason])}")
     _dry_run(current, analysis, name, list(resolution.auto), grid, multiplicity, dims, settings)
     if name != "channel_pruning" and metric != "latency":  # exact unit costs: refuse before any evaluation
         _check_reach(units, analysis.total(grid), total, target_q, grid, skipped)

@@ -76,7 +76,7 @@ class _Parser(argparse.ArgumentParser):
     itself prints the whole usage block first). Subcommand parsers are made of this class too."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"onnx-compress: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,6 +317,38 @@ def _check_scheme(name: str) -> None:
         raise ParameterError(f"--scheme: unknown scheme {name!r}; expected one of {', '.join(SCHEME_NAMES)}")
 
 
+def _schemes(text: str) -> list[str]:
+    """--scheme S[,S...]: the schemes, each known; ParameterError for an empty list (",")."""
+    schemes = [s.strip() for s in text.split(",") if s.strip()]
+    if not schemes:
+        raise ParameterError(f"--scheme names no scheme (got {text!r}); expected one of {', '.join(SCHEME_NAMES)} "
+                             "or a comma-separated pipeline of them")
+    for name in schemes:
+        _check_scheme(name)
+    return schemes
+
+
+#: Whole-number flags and their smallest value (None: not given, the default applies).
+_COUNT_FLAGS = (("eval_iterations", "--eval-iterations", 1), ("candidates", "--candidates", 2),
+                ("samples", "--samples", 1), ("workers", "--workers", 1), ("latency_batch", "--latency-batch", 1),
+                ("calibration_batches", "--calibration-batches", 1), ("seed", "--seed", 0))
+
+
+def _check_flags(args) -> None:
+    """Range checks of the numeric flags, before any file is read, naming the flag."""
+    for attr, flag, low in _COUNT_FLAGS:
+        value = getattr(args, attr, None)
+        if value is not None and value < low:
+            raise ParameterError(f"{flag} must be an integer >= {low}, got {value}")
+    target = getattr(args, "target", None)
+    if target is not None and not 0 < target <= 1:  # nan fails too
+        raise ParameterError(f"--target must be a cost ratio in (0, 1] (e.g. 0.5 = half the cost), got {target}")
+    if getattr(args, "ratio", None) is not None:
+        for value in _parse_floats(args.ratio, "--ratio"):
+            if not 0 < value <= 1:
+                raise ParameterError(f"--ratio must be in (0, 1] (a layer's cost after / before), got {value}")
+
+
 def _command_line(argv) -> str:
     return "onnx-compress " + shlex.join(argv)
 
@@ -383,6 +415,7 @@ def _print_steps(steps: list[dict], what: str) -> None:
 
 
 def _check_common(args) -> None:
+    _check_flags(args)
     if args.quantize:
         if not args.data:
             raise ParameterError("--quantize calibrates on --data CALIB.npz; pass it")
@@ -398,9 +431,7 @@ def cmd_compress(args) -> int:
 
 
 def _compress_manual(args, outs: files.Outputs) -> int:
-    schemes = [s.strip() for s in args.scheme.split(",") if s.strip()]
-    for name in schemes:
-        _check_scheme(name)
+    schemes = _schemes(args.scheme)
     if args.ratios is not None:
         if len(schemes) > 1:
             raise ParameterError("--ratios names layers of one scheme; use --ratio for a pipeline")
@@ -438,9 +469,10 @@ def _compress_manual(args, outs: files.Outputs) -> int:
 def _compress_auto(args, outs: files.Outputs) -> int:
     from .select.config import load_config
 
-    if "," in args.scheme:
+    schemes = _schemes(args.scheme)
+    if len(schemes) > 1:
         raise ParameterError("auto mode (--target) takes one scheme; run a pipeline's steps one by one")
-    _check_scheme(args.scheme)
+    args.scheme = schemes[0]
     eval_data = args.eval_data or args.data
     if eval_data is None:
         raise ParameterError("auto mode needs data to score candidates: pass --data and/or --eval-data")
@@ -484,6 +516,7 @@ def _compress_auto(args, outs: files.Outputs) -> int:
 
 
 def cmd_quantize(args) -> int:
+    _check_flags(args)
     settings = _quant_settings(args)
     with _outputs(args) as outs:
         return _quantize(args, outs, settings)
@@ -524,6 +557,7 @@ def cmd_report(args) -> int:
         payload = files.read_json(args.stats_in, "statistics")
         if not isinstance(payload, dict) or "scheme" not in payload or "per_layer" not in payload:
             raise ParameterError(f"{args.stats_in}: not a statistics JSON written by `onnx-compress compress --stats`")
+        report.check_stats(payload, args.stats_in)
         report.write(args.staged["output"], payload, command=payload.get("command"), steps=payload.get("pipeline"))
         outs.commit()
     print(f"wrote {args.output}")

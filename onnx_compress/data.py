@@ -37,9 +37,13 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: no such data file")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+            arrays = {k: npz[k] for k in npz.files}
     except Exception as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    if not arrays:
+        raise DataError(f"{path}: the .npz file holds no arrays; it needs one per model input, "
+                        "keyed by input name (np.savez(path, input_name=array, ...))")
+    return arrays
 
 
 def _raw(source) -> Iterator[tuple[bool, dict]]:

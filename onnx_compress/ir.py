@@ -34,7 +34,7 @@ from onnx import shape_inference
 from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from . import progress
+from . import progress, validate
 from .errors import ModelLoadError, ParameterError, ShapeError
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ def load(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         )
     if not proto.opset_import or not proto.graph.node:
         raise ModelLoadError(f"{where}: not an ONNX model (no graph nodes or no opset import)")
+    validate.check_model(proto, where)
     return normalize(proto)
 
 

@@ -83,7 +83,11 @@ def write(path: str | os.PathLike, stats, *, command: str | None = None, steps: 
 
 def render(stats, *, command: str | None = None, steps: list[dict] | None = None, title: str | None = None) -> str:
     """The report page as one HTML string."""
-    s = stats.to_dict() if hasattr(stats, "to_dict") else dict(stats)
+    s = stats.to_dict() if hasattr(stats, "to_dict") else stats
+    check_stats(s)
+    if steps is not None:
+        _check_list(steps, "pipeline", _STEP_FIELDS, "statistics")
+    s = dict(s)
     model = s.get("parameters", {}).get("model") or "model"
     title = title or f"onnx-compress report: {Path(str(model)).name}"
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -101,6 +105,106 @@ def render(stats, *, command: str | None = None, steps: list[dict] | None = None
             f"<header><h1>{_e(title)}</h1><p>scheme {_e(s.get('scheme'))} · cost metric "
             f"{_e(s.get('cost_metric'))} · onnx-compress {__version__} · {stamp}</p></header>"
             f"<main>{''.join(body)}</main></body></html>\n")
+
+
+# ----------------------------------------------------------------------------- checking
+def _is_num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_str(x) -> bool:
+    return isinstance(x, str)
+
+
+def _num_list(x) -> bool:
+    return isinstance(x, (list, tuple)) and all(_is_num(v) for v in x)
+
+
+def _num_dict(x) -> bool:
+    return isinstance(x, dict) and all(_is_num(v) or v is None for v in x.values())
+
+
+#: field -> (test, what it must be, required); None is allowed for fields not required.
+_KINDS = {"number": _is_num, "integer": _is_int, "string": _is_str, "object": lambda x: isinstance(x, dict),
+          "list": lambda x: isinstance(x, (list, tuple)), "list of numbers": _num_list,
+          "object of numbers": _num_dict,
+          "object of objects of numbers": lambda x: isinstance(x, dict) and all(_num_dict(v) for v in x.values()),
+          "object of lists of integers": lambda x: isinstance(x, dict) and all(
+              isinstance(v, (list, tuple)) and all(_is_int(d) for d in v) for v in x.values())}
+_TOP_FIELDS = {"scheme": ("string", True), "cost_metric": ("string", False), "mac_before": ("integer", False),
+               "mac_after": ("integer", False), "memory_before": ("integer", False),
+               "memory_after": ("integer", False), "mac_ratio": ("number", False), "memory_ratio": ("number", False),
+               "baseline_score": ("number", False), "final_score": ("number", False),
+               "input_dims": ("object of lists of integers", False), "selection": ("object", False),
+               "per_layer": ("list", False), "skipped": ("list", False), "parameters": ("object", False),
+               "pipeline": ("list", False), "command": ("string", False)}
+_SELECTION_FIELDS = {"method": ("string", False), "rank_select": ("string", False), "target": ("number", False),
+                     "baseline": ("number", False), "expected_score": ("number", False),
+                     "evaluations": ("integer", False), "dictionary_seconds": ("number", False),
+                     "scores": ("object of objects of numbers", False), "chosen": ("object of numbers", False),
+                     "loaded_from": ("string", False)}
+_LAYER_FIELDS = {"name": ("string", True), "op": ("string", True), "mac_before": ("integer", False),
+                 "mac_after": ("integer", False), "memory_before": ("integer", False),
+                 "memory_after": ("integer", False), "ratio": ("number", False), "status": ("string", True),
+                 "requested": ("list of numbers", False)}
+_SKIPPED_FIELDS = {"name": ("string", True), "op": ("string", False), "reason": ("string", False)}
+_STEP_FIELDS = {"step": ("string", False), "score": ("number", False), "bytes": ("integer", False),
+                "mac_ratio": ("number", False)}
+_STATUSES = ("compressed", "reduced", "unchanged", "skipped")
+
+
+def _fail(where: str, field: str, kind: str, value) -> None:
+    shown = json.dumps(value, default=str)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise ParameterError(f"{where}: field '{field}' must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+                         f"{'' if kind.startswith('object') or kind.startswith('list') else ' or null'}, got {shown}")
+
+
+def _check_fields(d, fields: dict, prefix: str, where: str) -> None:
+    for key, (kind, required) in fields.items():
+        name = f"{prefix}{key}"
+        if key not in d:
+            if required:
+                raise ParameterError(f"{where}: field '{name}' is missing")
+            continue
+        value = d[key]
+        if value is None and not required:
+            continue
+        if not _KINDS[kind](value):
+            _fail(where, name, kind, value)
+
+
+def _check_list(items, name: str, fields: dict, where: str) -> None:
+    if not isinstance(items, (list, tuple)):
+        _fail(where, name, "list", items)
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            _fail(where, f"{name}[{i}]", "object", item)
+        _check_fields(item, fields, f"{name}[{i}].", where)
+
+
+def check_stats(s, where: str = "statistics") -> None:
+    """ParameterError naming the field when `s` (a stats dict, e.g. a saved JSON) has a field
+    of the wrong type for the report; `where` names its source (the file)."""
+    if not isinstance(s, dict):
+        raise ParameterError(f"{where}: expected a JSON object of statistics, got {type(s).__name__}")
+    _check_fields(s, _TOP_FIELDS, "", where)
+    if s.get("selection") is not None:
+        _check_fields(s["selection"], _SELECTION_FIELDS, "selection.", where)
+    if s.get("per_layer") is not None:
+        _check_list(s["per_layer"], "per_layer", _LAYER_FIELDS, where)
+        for i, row in enumerate(s["per_layer"]):
+            if row["status"] not in _STATUSES:
+                raise ParameterError(f"{where}: field 'per_layer[{i}].status' must be one of {list(_STATUSES)}, "
+                                     f"got {row['status']!r}")
+    if s.get("skipped") is not None:
+        _check_list(s["skipped"], "skipped", _SKIPPED_FIELDS, where)
+    if s.get("pipeline") is not None:
+        _check_list(s["pipeline"], "pipeline", _STEP_FIELDS, where)
 
 
 # ----------------------------------------------------------------------------- sections

@@ -17,7 +17,7 @@ import onnx.numpy_helper
 import onnxruntime as ort
 
 from . import ir
-from .errors import CompressionError
+from .errors import CompressionError, ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +162,63 @@ def shapes_by_execution(model: onnx.ModelProto, feed: dict[str, np.ndarray],
 def evaluate(model: onnx.ModelProto, eval_callback: EvalCallback, iterations: int | None,
              use_cuda: bool) -> float:
     """Score `model` with the user's callback: eval_callback(session, iterations, use_cuda)."""
+    check_iterations(iterations)
     sess = session(model, use_cuda)
-    score = eval_callback(sess, iterations, use_cuda)
-    try:
-        return float(score)
-    except (TypeError, ValueError):
-        raise CompressionError(
-            f"eval_callback must return a number (higher is better), got {type(score).__name__}"
-        ) from None
+    return score_of(eval_callback(sess, iterations, use_cuda))
+
+
+def check_iterations(iterations) -> None:
+    """`eval_iterations`: None (all the data) or an integer >= 1 (ParameterError otherwise)."""
+    if iterations is None:
+        return
+    if isinstance(iterations, (bool, np.bool_)) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
+        raise ParameterError(f"eval_iterations must be None (all the data) or an integer >= 1, got {iterations!r}")
+
+
+def _describe(value) -> str:
+    shape = getattr(value, "shape", None)
+    if shape is not None and len(shape) > 0:
+        return f"an array of shape {tuple(shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
+
+
+def score_of(value) -> float:
+    """The eval callback's return as a float: one finite real number (a Python or numpy
+    number, or a 0-d array/tensor); ParameterError naming what it returned otherwise."""
+    bad = value is None or isinstance(value, (str, bytes, bool, np.bool_))
+    shape = getattr(value, "shape", None)
+    if not bad and shape is not None and len(shape) > 0:
+        bad = True  # an array of one or several values: say which one is the score
+    score = None
+    if not bad:
+        try:
+            score = float(value)
+        except (TypeError, ValueError):
+            bad = True
+    if bad:
+        raise ParameterError(f"eval_callback returned {_describe(value)}; it must return one number "
+                             "(higher is better), e.g. float(accuracy)")
+    if not np.isfinite(score):
+        raise ParameterError(f"eval_callback returned {score}; it must return a finite number "
+                             "(higher is better)")
+    return score
+
+
+def checked_callback(eval_callback):
+    """`eval_callback` with its return checked (score_of) wherever it is called."""
+    if eval_callback is None or getattr(eval_callback, "_score_checked", False):
+        return eval_callback
+    if not callable(eval_callback):
+        raise ParameterError(f"eval_callback must be callable as eval_callback(session, iterations, use_cuda), "
+                             f"got {type(eval_callback).__name__}")
+
+    @functools.wraps(eval_callback)
+    def checked(session, iterations, use_cuda):
+        return score_of(eval_callback(session, iterations, use_cuda))
+
+    checked._score_checked = True
+    return checked
 
 
 class WeightSwapper:

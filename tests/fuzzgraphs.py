@@ -246,7 +246,7 @@ def _if(b: _Builder, x: str, shape: list[int]) -> tuple[str, list[int]]:
 
 def _head(b: _Builder, x: str, shape: list[int], classes: int) -> str:
     rng = b.rng
-    c, spatial = shape[0], shape[1:]
+    c = shape[0]
     how = rng.choice(["gap", "flatten", "reshape"])
     if how == "gap" or int(np.prod(shape)) > 2048:
         x = b.op("GlobalAveragePool", [x])

@@ -206,7 +206,7 @@ def test_cli_latency_flags_end_to_end(fake_timer, tmp_path, capsys, monkeypatch)
     assert json.loads(stats.read_text())["cost_metric"] == "mac"
 
     assert cli.main(args + ["--metric", "latency", "--latency-batch", "0"]) == 2
-    assert "batch size must be an integer >= 1" in capsys.readouterr().err
+    assert "--latency-batch must be an integer >= 1" in capsys.readouterr().err
     manual = ["-q", "compress", str(model), "-o", str(out), "--scheme", "weight_svd", "--ratio", "0.5"]
     assert cli.main(manual + ["--metric", "latency"]) == 2
     assert "auto mode" in capsys.readouterr().err

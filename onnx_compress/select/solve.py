@@ -176,6 +176,9 @@ def _check_layer(layer) -> None:
 def _check_problem(layers: Sequence[LayerOptions], fixed_cost: int, total: int, baseline: float) -> None:
     """Validate a selection problem; raise ParameterError on the first defect."""
     fixed = _check_count(fixed_cost, "fixed_cost", positive=False)
+    if _is_int(total) and total == 0:
+        raise ParameterError("the model has no measurable cost (total 0): no layer with MACs or weights to "
+                             "compress, so no ratio of it can be chosen")
     _check_count(total, "total", positive=True)
     if not _is_real(baseline) or not math.isfinite(baseline):
         raise ParameterError(f"baseline score must be a finite number, got {baseline!r}")
