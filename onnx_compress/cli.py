@@ -526,6 +526,7 @@ def _quantize(args, outs: files.Outputs, settings) -> int:
     from . import quantization as quant_mod
 
     original = ir.load(args.model)
+    quant_mod.refuse_quantized(original, args.model)  # before any evaluation, naming the file
     callback = evaluators.accuracy(args.eval_data) if args.eval_data else None
     before = runtime.evaluate(original, callback, None, args.cuda) if callback else None
     qmodel = quant_mod.quantize(original, args.data, settings)

@@ -101,7 +101,7 @@ def quantize(model, data, settings: QuantizeSettings | None = None, **kwargs) ->
 
     settings = (settings or QuantizeSettings(**kwargs)).check()
     proto = ir.load(model)
-    _refuse_quantized(proto, model)
+    refuse_quantized(proto, model)
     feeds = calibration_feeds(proto, data, settings.max_batches)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[settings.calibrate_method]
@@ -158,7 +158,8 @@ def quantized_nodes(proto: onnx.ModelProto) -> list[str]:
             if node.op_type in QUANTIZED_OPS]
 
 
-def _refuse_quantized(proto: onnx.ModelProto, model) -> None:
+def refuse_quantized(proto: onnx.ModelProto, model) -> None:
+    """ParameterError naming `model` (a path, or 'the model') when `proto` is already quantized."""
     found = quantized_nodes(proto)
     if found:
         where = model if isinstance(model, (str, Path)) else "the model"

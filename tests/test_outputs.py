@@ -135,7 +135,7 @@ def test_an_already_quantized_model_is_refused(qdq_model, capsys):
     assert cli.main(["quantize", str(qdq_model), "-o", str(folder / "qq.onnx"), "--data",
                      str(folder / "calib.npz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "already quantized" in err[0]
+    assert len(err) == 1 and "already quantized" in err[0] and str(qdq_model) in err[0]
     assert _listing(folder) == before
 
 
