@@ -383,8 +383,26 @@ def _all_finite(a: np.ndarray, chunk: int = 1 << 22) -> bool:
     (memory-mapped) weight is read once and no full-size temporary is made."""
     if a.ndim == 0 or a.size <= chunk:
         return bool(np.isfinite(a).all())
+    mapped = _memmap_of(a)
+    if mapped is not None:  # read the file in chunks: mapped pages touched would stay in RSS
+        count, itemsize = a.size, a.dtype.itemsize
+        step = max(1, chunk)
+        return all(bool(np.isfinite(np.fromfile(mapped.filename, dtype=a.dtype, count=min(step, count - i),
+                                                 offset=mapped.offset + i * itemsize)).all())
+                   for i in range(0, count, step))
     step = max(1, chunk // max(1, a[0].size))
     return all(bool(np.isfinite(a[i:i + step]).all()) for i in range(0, a.shape[0], step))
+
+
+def _memmap_of(a: np.ndarray) -> np.memmap | None:
+    """The file map `a` is a whole, C-ordered view of (a file-backed weight), else None."""
+    base = a
+    while base is not None and not isinstance(base, np.memmap):
+        base = base.base
+    if (base is None or not getattr(base, "filename", None) or base.dtype != a.dtype or base.shape != a.shape
+            or not a.flags.c_contiguous):
+        return None
+    return base
 
 
 def _macs(op: str, w: np.ndarray, node, in_shape, out_shape) -> int | None:
