@@ -45,16 +45,7 @@ svg{max-width:100%;height:auto}
 
 def check_path(path: str | os.PathLike) -> None:
     """ParameterError unless a report can be written at `path` (checked before any work)."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise ParameterError(f"report path {path} is a folder; give a file name such as report.html")
-    if not parent.is_dir():
-        raise ParameterError(f"report path {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ParameterError(f"report path {path}: folder {parent} is not writable")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise ParameterError(f"report path {path} is not writable")
+    files.check_writable(path, "report")
     _matplotlib()
 
 

@@ -118,22 +118,18 @@ def negative_initializer_dim() -> onnx.ModelProto:
     return m
 
 
-def two_writers() -> onnx.ModelProto:
-    m = cnn()
-    m.graph.node.insert(2, helper.make_node("Relu", ["c1"], ["c2"], name="dup_relu"))
-    return m
+def extra_writer(output: str, name: str, at: int):
+    """A builder: the CNN with one more Relu (named `name`, inserted at `at`) writing `output`."""
+    def build() -> onnx.ModelProto:
+        m = cnn()
+        m.graph.node.insert(at, helper.make_node("Relu", ["c1"], [output], name=name))
+        return m
+    return build
 
 
-def writes_initializer() -> onnx.ModelProto:
-    m = cnn()
-    m.graph.node.insert(1, helper.make_node("Relu", ["c1"], ["conv2.bias"], name="shadow"))
-    return m
-
-
-def writes_graph_input() -> onnx.ModelProto:
-    m = cnn()
-    m.graph.node.insert(1, helper.make_node("Relu", ["c1"], ["x"], name="overwrite_x"))
-    return m
+two_writers = extra_writer("c2", "dup_relu", 2)
+writes_initializer = extra_writer("conv2.bias", "shadow", 1)
+writes_graph_input = extra_writer("x", "overwrite_x", 1)
 
 
 def cycle() -> onnx.ModelProto:
