@@ -354,7 +354,7 @@ def _command_line(argv) -> str:
 
 
 def _quant_settings(args):
-    from .quantization import QuantizeSettings
+    from .runtime.quantize import QuantizeSettings
 
     return QuantizeSettings(per_channel=not args.per_tensor, calibrate_method=args.calibration,
                             max_batches=args.calibration_batches, reduce_range=args.reduce_range,
@@ -365,7 +365,7 @@ def _finish(args, outs: files.Outputs, model, stats, callback, steps: list[dict]
     """Optionally quantize, then write the model, the statistics and the report to their
     staged paths, and commit them together. Returns the quantization row of `steps`, if any.
     """
-    from . import quantization as quant_mod
+    from .runtime import quantize as quant_mod
 
     quant_row = None
     if args.quantize:
@@ -397,7 +397,7 @@ def _save(args, model) -> None:
 
 
 def _steps(args, model_bytes: int, stats) -> list[dict]:
-    from .quantization import file_size
+    from .runtime.quantize import file_size
 
     return [
         {"step": "original", "score": stats.baseline_score, "bytes": file_size(args.model), "mac_ratio": 1.0},
@@ -467,7 +467,7 @@ def _compress_manual(args, outs: files.Outputs) -> int:
 
 
 def _compress_auto(args, outs: files.Outputs) -> int:
-    from .select.config import load_config
+    from .search.config import load_config
 
     schemes = _schemes(args.scheme)
     if len(schemes) > 1:
@@ -523,7 +523,7 @@ def cmd_quantize(args) -> int:
 
 
 def _quantize(args, outs: files.Outputs, settings) -> int:
-    from . import quantization as quant_mod
+    from .runtime import quantize as quant_mod
 
     original = ir.load(args.model)
     quant_mod.refuse_quantized(original, args.model)  # before any evaluation, naming the file

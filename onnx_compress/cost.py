@@ -1,6 +1,7 @@
 """Cost arithmetic: from a requested ratio to a rank (or channel count), exactly.
 
-A split layer's cost is linear in its rank r: cost(r) = per_rank * r (biases are not
+The one place ranks and kept channel counts are rounded to a multiplicity
+(`rank_for_ratio`, `kept_count`). A split layer's cost is linear in its rank r: cost(r) = per_rank * r (biases are not
 counted: memory is weight parameters). A ratio maps to the largest rank whose cost is at
 most ratio * cost_before, in closed form with integer arithmetic on the ratio's exact
 decimal value, so 0.3 means 3/10, not 0.29999999999999998.
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+
+import numpy as np
 
 from .errors import ParameterError
 
@@ -72,6 +75,14 @@ class RankCost:
         return Fraction(self.at(rank), self.before)
 
 
+def round_up_rank(rc: RankCost, rank: int, multiplicity: int = 1) -> int:
+    """`rank` rounded *up* to a multiple of `multiplicity`, capped at the break-even rank (TAR
+    levels: the smallest rank meeting an error level, so rounding may only add rank)."""
+    if multiplicity <= 1:
+        return rank
+    return min(rc.max_rank, max(multiplicity, -(-rank // multiplicity) * multiplicity))
+
+
 def rank_for_ratio(rc: RankCost, ratio, multiplicity: int = 1) -> int:
     """Largest rank with cost <= ratio * before, rounded down to a multiple of `multiplicity`.
 
@@ -86,3 +97,27 @@ def rank_for_ratio(rc: RankCost, ratio, multiplicity: int = 1) -> int:
         rounded = (rank // multiplicity) * multiplicity
         rank = rounded if rounded > 0 else min(multiplicity, rc.max_rank)
     return rank
+
+
+def kept_count(total: int, ratio: Fraction | float, multiplicity: int = 1, minimum: int = 1) -> int:
+    """Input channels to keep so that kept / total <= ratio, in exact arithmetic.
+
+    Rules, in order:
+    1. floor(ratio * total), with the ratio read exactly (0.3 is 3/10; ratio in (0, 1]);
+    2. if that is `total`, return it: keeping every channel leaves the layer unchanged;
+    3. round down to a multiple of `multiplicity`;
+    4. raise to at least `minimum` rounded up to a multiple of `multiplicity`, capped at
+       `total` (with minimum=1: never 0, at least one multiple or every channel).
+    Only rule 4 can make kept / total exceed the ratio.
+    """
+    q = check_ratio(ratio, "kept_count")
+    check_multiplicity(multiplicity)
+    for name, value in (("total", total), ("minimum", minimum)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ParameterError(f"{name} must be an integer >= 1, got {value!r}")
+    kept = q.numerator * total // q.denominator
+    if kept == total:
+        return int(total)
+    kept = kept // multiplicity * multiplicity
+    lower = min(total, -(-minimum // multiplicity) * multiplicity)
+    return int(min(total, max(kept, lower)))

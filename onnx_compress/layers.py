@@ -299,12 +299,9 @@ def _missing(proto: onnx.ModelProto, shapes: dict[str, Shape]) -> dict[str, int]
 
 
 def _symbolic_shapes(proto: onnx.ModelProto, dims: dict[str, Shape]) -> dict[str, Shape]:
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from . import runtime
 
-    model = ir.with_input_dims(proto, dims)
-    del model.graph.value_info[:]
-    model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    return ir.concrete_shapes(list(model.graph.value_info) + list(model.graph.output))
+    return runtime.symbolic_shapes(proto, dims)
 
 
 def _probe_feed(proto: onnx.ModelProto, dims: dict[str, Shape]) -> dict[str, np.ndarray]:

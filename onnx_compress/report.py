@@ -377,7 +377,7 @@ def _svg(fig) -> str:
 
 
 def _key(x: float) -> str:
-    from .select.scores_io import format_ratio
+    from .search.scores_io import format_ratio
 
     return format_ratio(x)
 

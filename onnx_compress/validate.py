@@ -24,7 +24,6 @@ model stamped with an opset above what every supported ONNX Runtime (>= 1.17) kn
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterable
 
@@ -82,33 +81,14 @@ def _check_versions(proto: onnx.ModelProto, where: str) -> None:
                                  f"{problem}; upgrade onnxruntime, or export with an older opset")
 
 
-@functools.lru_cache(maxsize=None)
+#: How the runtime room answers "does ONNX Runtime load this IR version / opset?": set by
+#: `onnx_compress.runtime` when it is imported (validate sits below it and never imports
+#: onnxruntime); None answers "yes".
+RUNTIME_PROBE = None
+
+
 def _ort_refuses(ir_version: int, opset: int) -> str | None:
-    """None when this ONNX Runtime loads a one-node model of `opset` / `ir_version`; else
-    a phrase naming its version and the newest opset it loads. A few ms, once per pair."""
-    try:
-        import onnxruntime as ort  # lazily: only models above the opsets every supported ORT knows
-    except ImportError:  # pragma: no cover - a hard dependency
-        return None
-
-    def loads(ir: int, version: int) -> bool:
-        graph = onnx.helper.make_graph(
-            [onnx.helper.make_node("Identity", ["x"], ["y"])], "probe",
-            [onnx.helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-            [onnx.helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", version)],
-                                       ir_version=ir)
-        try:
-            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-            return True
-        except Exception:
-            return False
-
-    if loads(ir_version, opset):
-        return None
-    newest = next((v for v in range(opset - 1, _ORT_SAFE_OPSET - 1, -1) if loads(min(ir_version, 10), v)), None)
-    upto = f" (up to opset {newest})" if newest is not None else ""
-    return f"the installed ONNX Runtime {getattr(ort, '__version__', '?')} supports{upto}"
+    return None if RUNTIME_PROBE is None else RUNTIME_PROBE(ir_version, opset)
 
 
 # ----------------------------------------------------------------------------- tensors

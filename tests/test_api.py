@@ -12,7 +12,9 @@ import builders as b
 import mac_count
 import onnx_compress as oc
 from onnx_compress import api, ir, layers
-from onnx_compress.transforms import SCHEMES, RankPlan, apply
+from onnx_compress.schemes import SCHEMES
+from onnx_compress.schemes.svd import RankPlan
+from onnx_compress.schemes.svd import apply_plans as apply
 
 
 def _check_ratios(model, out, stats, tmp_path, metric="mac", multiplicity=1):

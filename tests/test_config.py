@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from onnx_compress.errors import DataError, LayerError, ParameterError
-from onnx_compress.select.config import Resolution, load_config, resolve
+from onnx_compress.search.config import Resolution, load_config, resolve
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,10 @@ import onnxruntime as ort
 import pytest
 
 import onnx_compress as oc
-from onnx_compress import evaluators, ir, pruning, runtime
+from onnx_compress.runtime.activations import Activations
+from onnx_compress.options import Settings
+from onnx_compress import evaluators, ir, runtime
+from onnx_compress.schemes.pruning import prune as pruning
 from refs import CALIB, MODEL, TEST
 
 
@@ -73,8 +76,8 @@ def test_reconstruction_sampling_on_cuda_matches_the_cpu():
     name = next(n.input[0] for n in model.graph.node if n.op_type == "Conv" and n.name.startswith("/layer2"))
     tensors = {}
     for use_cuda in (False, True):
-        settings = pruning.PruneSettings(data=str(CALIB), num_reconstruction_samples=100, use_cuda=use_cuda)
-        sampler = pruning.Sampler(model, pruning.load_batches(settings, model), settings)
+        settings = Settings(data=str(CALIB), num_reconstruction_samples=100, use_cuda=use_cuda)
+        sampler = Activations(settings).sampler(model)
         tensors[use_cuda] = np.concatenate(sampler.original_tensor(name))
     np.testing.assert_allclose(tensors[True], tensors[False], rtol=1e-3, atol=1e-3)
 

@@ -9,8 +9,10 @@ import pytest
 import builders as b
 import onnx_compress as oc
 from onnx_compress import ir, layers, runtime
-from onnx_compress.moments import input_moments
-from onnx_compress.transforms import svd
+from onnx_compress.options import Settings
+from onnx_compress.runtime.activations import Activations
+from onnx_compress.schemes.svd.moments import input_moments
+from onnx_compress.schemes.svd import factor as svd
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 CALIB = MODELS / "digits32_calib.npz"
@@ -57,7 +59,7 @@ def test_moments_match_the_layer_input_statistics():
     model = b.gemm_model(k=6, n=3, m=50)
     x = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
     analysis = layers.analyze(model)
-    mom = input_moments(model, [analysis.find("gemm")], "weight_svd", {"x": x}, samples=20000)
+    mom = input_moments(model, [analysis.find("gemm")], "weight_svd", Activations(Settings(data={"x": x})), samples=20000)
     np.testing.assert_allclose(mom["gemm"], x.T.astype(np.float64) @ x / 50, rtol=0.15, atol=0.05)
 
 

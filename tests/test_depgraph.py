@@ -9,7 +9,7 @@ import pytest
 import builders as b
 from nets import zero_removed_inputs
 from onnx_compress import ir, layers
-from onnx_compress.transforms import depgraph
+from onnx_compress.schemes.pruning import depgraph
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

@@ -18,7 +18,7 @@ import builders as b
 from nets import Net, zero_removed_inputs
 import onnx_compress as oc
 from onnx_compress import ir, layers
-from onnx_compress.transforms import depgraph
+from onnx_compress.schemes.pruning import depgraph
 
 INT64_MAX = np.iinfo(np.int64).max
 INT64_MIN = np.iinfo(np.int64).min

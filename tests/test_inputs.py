@@ -257,7 +257,7 @@ def test_int32_ids_are_cast_to_int64():
     out, stats = oc.compress(model, "weight_svd", ratios=0.5, data={"ids": ids},
                              eval_callback=fidelity({"ids": ids}, batch_size=8))
     assert stats.mac_after < stats.mac_before and stats.baseline_score == 1.0 and stats.final_score > 0
-    assert len(oc.quantization.calibration_feeds(model, {"ids": ids})) == 1
+    assert len(oc.runtime.quantize.calibration_feeds(model, {"ids": ids})) == 1
 
 
 def test_unsafe_cast_is_a_data_error_naming_the_input():

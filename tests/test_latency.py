@@ -17,10 +17,12 @@ import pytest
 import builders as b
 import nets
 import onnx_compress as oc
-from onnx_compress import cli, latency, layers
+from onnx_compress import cli, layers
+from onnx_compress.schemes import variants as variants_mod
+from onnx_compress.search import latency
 from onnx_compress.evaluators import fidelity
-from onnx_compress.select import greedy
-from onnx_compress.transforms import SCHEMES
+from onnx_compress.search import dictionary as greedy
+from onnx_compress.schemes import SCHEMES
 
 FAST = dict(repeats=3, warmup=1, seconds_per_layer=0.02)
 
@@ -33,7 +35,7 @@ def wide_cnn(seed=0):
     return n.model(n.head(x, 32))
 
 
-def fake_seconds(v: latency.Variant) -> float:
+def fake_seconds(v: variants_mod.Variant) -> float:
     """A deterministic 'latency': weight elements plus a fixed cost per node."""
     elements = sum(math.prod(s) for _, shapes, _ in v.nodes for s in shapes if s)
     return 1e-6 * (2 * len(v.nodes) + elements / 500)
@@ -64,16 +66,17 @@ def test_real_timings_are_positive_integers_and_cached(monkeypatch):
     latency.clear_cache()
     model = wide_cnn()
     analysis = layers.analyze(model)
-    units, _ = greedy.svd_units(analysis, "weight_svd", ["c2", "c3"], greedy.candidate_keys(4), "mac", 1)
+    units, _ = SCHEMES["weight_svd"].units(analysis.proto, analysis, ["c2", "c3"], greedy.candidate_keys(4),
+                                           oc.schemes.Context("mac", 1, analysis.input_dims))
     timer = latency.Timer(batch_size=2, **FAST)
-    lat = latency.unit_latencies(model, analysis.input_dims, units, "weight_svd", timer)
+    lat = latency.unit_latencies(model, analysis.input_dims, units, oc.schemes.SCHEMES["weight_svd"], timer)
     figures = [v for u in lat.values() for v in (u.original, *u.candidates.values())]
     assert figures and all(isinstance(v, int) and v > 0 for v in figures)
     assert timer.timed > 0
     calls = []
     real = latency.measure
     monkeypatch.setattr(latency, "measure", lambda *a: calls.append(a) or real(*a))
-    again = latency.unit_latencies(model, analysis.input_dims, units, "weight_svd", latency.Timer(batch_size=2, **FAST))
+    again = latency.unit_latencies(model, analysis.input_dims, units, SCHEMES["weight_svd"], latency.Timer(batch_size=2, **FAST))
     assert again == lat and not calls  # every figure from the cache
     total, per = latency.model_total(model, analysis.input_dims, latency.Timer(batch_size=2, **FAST))
     assert total == sum(per.values()) and set(per) == {"c1", "c2", "c3", "fc"}
@@ -89,13 +92,13 @@ def test_split_variants_have_the_real_splits_shapes(scheme, model):
     layer = layers.analyze(model).compressible[0]
     rc = SCHEMES[scheme].rank_cost(layer, "memory")
     ranks = [1, 2, rc.full_rank // 2 + 1]
-    variants = latency.split_variants(layer, scheme, ranks, 17)
+    variants = variants_mod.split_variants(layer, SCHEMES[scheme], ranks, 17)
     for rank in ranks:
         specs = SCHEMES[scheme].specs(layer, rank, 17)
         got = [tuple(s for s in shapes[:len(spec.params)]) for (_, shapes, _), spec in zip(variants[rank].nodes, specs)]
         assert got == [tuple(p.shape for p in spec.params) for spec in specs]
         x = np.zeros(variants[rank].input_shape, np.float32)
-        y = b.run(latency.variant_model(variants[rank]), {"x": x})[0]
+        y = b.run(variants_mod.variant_model(variants[rank]), {"x": x})[0]
         assert y.shape == layer.out_shape
 
 
@@ -104,9 +107,9 @@ def test_pruned_variants_run():
     analysis = layers.analyze(model, (2, 3, 16, 16))
     for name in ("expand", "dw", "project", "fc"):
         layer = analysis.find(name)
-        kept = latency.in_width(layer) // 2
-        v = latency.pruned_variant(layer, kept, 17)
-        y = b.run(latency.variant_model(v), {"x": np.zeros(v.input_shape, np.float32)})[0]
+        kept = variants_mod.in_width(layer) // 2
+        v = variants_mod.pruned_variant(layer, kept, 17)
+        y = b.run(variants_mod.variant_model(v), {"x": np.zeros(v.input_shape, np.float32)})[0]
         assert y.shape[0] == 2 and v.input_shape[0 if name == "fc" else 1] in (2, kept)
 
 
@@ -120,7 +123,7 @@ def test_latency_target_met_on_the_measured_table(fake_timer, method):
     assert stats.cost_metric == "latency" and lat["batch_size"] == 4
     # the total, computed independently from the fake timer: every layer alone at batch 4
     analysis = layers.analyze(model, (4, 3, 16, 16))
-    total = sum(latency._ns(fake_seconds(latency.original_variant(l, 17))) for l in analysis.compressible)
+    total = sum(latency._ns(fake_seconds(variants_mod.original_variant(l, 17))) for l in analysis.compressible)
     assert lat["layers_before"] == total
     assert Fraction(lat["layers_after"], total) <= Fraction(8, 10)
     # the after figure is the chosen candidates' table entries plus the untouched layers

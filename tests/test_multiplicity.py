@@ -16,7 +16,7 @@ import onnx_compress as oc
 from onnx_compress import cost, runtime
 from onnx_compress.api import resolve_multiplicity
 from onnx_compress.evaluators import fidelity
-from onnx_compress.select import greedy
+from onnx_compress.search import dictionary as greedy
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -25,8 +25,8 @@ MODELS = ROOT / "models"
 # ------------------------------------------------------------------ scores above baseline
 def _unit(name, options):
     """A unit of base cost 100 with candidates {key: cost}."""
-    cands = [greedy.Candidate(k, int(c), int(c), Fraction(int(c), 100)) for k, c in options.items()]
-    return greedy.Unit(name, cands, lambda c: {}, 100)
+    cands = [oc.schemes.Candidate(k, int(c), int(c), Fraction(int(c), 100)) for k, c in options.items()]
+    return oc.schemes.Unit(name, cands, lambda c: {}, 100)
 
 
 @pytest.mark.parametrize("objective", ["product", "sum"])
@@ -129,7 +129,7 @@ def test_rounding_that_repeats_a_size_costs_no_second_evaluation():
     _, stats = oc.compress_auto(model, "weight_svd", 0.6, ev, candidates=10, multiplicity=8)
     analysis = oc.inspect(model)
     for name, scores in stats.selection["scores"].items():
-        rc = oc.transforms.SCHEMES["weight_svd"].rank_cost(analysis.find(name), "mac")
+        rc = oc.schemes.SCHEMES["weight_svd"].rank_cost(analysis.find(name), "mac")
         sizes = {cost.rank_for_ratio(rc, k / 10, 8) for k in range(1, 10)} - {0}
         assert len(scores) == len(sizes) < 9  # one evaluation per distinct rank, and rounding repeated some
     assert stats.selection["evaluations"] == sum(len(s) for s in stats.selection["scores"].values()) + 1

@@ -20,7 +20,8 @@ from onnx import helper, numpy_helper
 
 import builders as b
 import onnx_compress as oc
-from onnx_compress import cli, files, ir, quantization
+from onnx_compress import cli, files, ir
+from onnx_compress.runtime import quantize as quantization
 from onnx_compress.errors import ModelLoadError, ParameterError
 
 MARKER = b"OUTSIDE-SECRET-" * 300  # 4,500 bytes: a weight's worth
@@ -174,7 +175,7 @@ def test_an_output_path_that_is_a_folder_fails_before_any_work(cnn, flag, capsys
 def test_scores_out_folder_fails_before_the_dictionary(cnn, tmp_path, capsys, monkeypatch):
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 1, 12, 12), np.float32))
     (tmp_path / "s").mkdir()
-    from onnx_compress.select import greedy
+    from onnx_compress.search import dictionary as greedy
 
     monkeypatch.setattr(greedy, "build_dictionary", lambda *a, **k: pytest.fail("dictionary built"))
     argv = ["compress", str(cnn), "-o", str(tmp_path / "out.onnx"), "--scheme", "weight_svd", "--target", "0.5",

@@ -14,7 +14,8 @@ import mac_count
 import nets
 from onnx_compress.errors import LayerError
 import onnx_compress as oc
-from onnx_compress.errors import LayerError
+from onnx_compress.runtime.activations import Activations
+from onnx_compress.options import Settings
 from onnx_compress import runtime
 from onnx_compress.evaluators import accuracy
 
@@ -202,13 +203,11 @@ def test_custom_downsample_is_exact_for_zeroed_channels():
 
 
 def test_refit_targets_come_from_the_reference_model_when_it_has_the_tensor():
-    from onnx_compress import pruning
-
     original = b.cnn_model(seed=0)
     changed = b.cnn_model(seed=1)  # same graph, other weights
     data = {"x": np.random.default_rng(0).normal(size=(4, 1, 12, 12)).astype(np.float32)}
-    settings = pruning.PruneSettings(data=data, reference=original)
-    sampler = pruning.Sampler(changed, pruning.load_batches(settings, changed), settings)
+    settings = Settings(data=data, reference=original)
+    sampler = Activations(settings).sampler(changed)
     tensor = next(n.output[0] for n in original.graph.node if n.name == "conv2")
     want = layer_output(original, tensor, data)
     np.testing.assert_array_equal(sampler.target_tensor(tensor)[0], want)

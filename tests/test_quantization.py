@@ -10,7 +10,7 @@ import pytest
 import onnx_compress as oc
 from onnx_compress import evaluators, ir, runtime
 from onnx_compress.errors import DataError, ParameterError
-from onnx_compress.quantization import calibration_feeds, file_size
+from onnx_compress.runtime.quantize import calibration_feeds, file_size
 from refs import CALIB, MODEL, TEST, cli, digest
 
 

@@ -338,7 +338,7 @@ def test_auto_mode_checks_the_rewrite_before_any_evaluation(monkeypatch):
 
 # ------------------------------------------------- reconstruction with few distinct rows
 def test_positions_are_not_repeated_past_their_number():
-    from onnx_compress.transforms.reconstruct import distinct_positions
+    from onnx_compress.schemes.patches import distinct_positions
 
     pos = distinct_positions(np.random.default_rng(0), (16, 48), 2000)
     assert len(pos) == 16 and len(np.unique(pos[:, 0])) == 16

@@ -14,7 +14,9 @@ from onnx import numpy_helper
 
 import builders as b
 from onnx_compress.errors import ParameterError
-from onnx_compress.transforms import reconstruct as rc
+from onnx_compress import cost
+from onnx_compress.schemes import patches as patches_mod
+from onnx_compress.schemes.pruning import lstsq, select
 
 
 def weights(model):
@@ -56,9 +58,9 @@ def test_conv_patches_reproduce_ort_output(case):
     y = b.run(model, feeds)[0]
     w, bias = weights(model)
     nd = len(case["kernel"])
-    positions = rc.sample_positions(np.random.default_rng(0), y.shape, 200)
+    positions = patches_mod.sample_positions(np.random.default_rng(0), y.shape, 200)
     assert positions.shape == (200, 1 + nd) and positions.dtype == np.int64
-    patches = rc.conv_patches(feeds["x"], positions, case["kernel"], case.get("strides"),
+    patches = patches_mod.conv_patches(feeds["x"], positions, case["kernel"], case.get("strides"),
                               case.get("pads"), case.get("dilations"))
     assert patches.shape == (200, 5, int(np.prod(case["kernel"])))
     got = output(patches.astype(np.float64), w.reshape(4, 5, -1), bias)
@@ -69,7 +71,7 @@ def test_conv_patches_reproduce_ort_output(case):
 def test_conv_patches_cover_every_position_and_padding_is_zero():
     x = np.arange(1, 1 + 2 * 1 * 4, dtype=np.float32).reshape(2, 1, 4)
     positions = np.array([[0, 0], [1, 1]])
-    patches = rc.conv_patches(x, positions, (3,), strides=(2,), pads=(1, 1))
+    patches = patches_mod.conv_patches(x, positions, (3,), strides=(2,), pads=(1, 1))
     np.testing.assert_array_equal(patches[:, 0], [[0, 1, 2], [6, 7, 8]])
 
 
@@ -78,27 +80,27 @@ def test_matmul_rows_reproduce_matmul():
     feeds = b.random_input(model)
     y = b.run(model, feeds)[0]
     w = numpy_helper.to_array(model.graph.initializer[0])  # (K, N): y = x @ w
-    positions = rc.sample_positions(np.random.default_rng(0), y.shape, 30, matmul=True)
+    positions = patches_mod.sample_positions(np.random.default_rng(0), y.shape, 30, matmul=True)
     assert positions.shape == (30, 1) and positions.max() < 10
-    patches = rc.matmul_rows(feeds["x"], positions)
+    patches = patches_mod.matmul_rows(feeds["x"], positions)
     assert patches.shape == (30, 6, 1)
     np.testing.assert_allclose(output(patches, w.T[:, :, None]), y.reshape(-1, 3)[positions[:, 0]], atol=1e-5)
-    assert rc.sample_positions(np.random.default_rng(0), (7, 3), 4).shape == (4, 1)
+    assert patches_mod.sample_positions(np.random.default_rng(0), (7, 3), 4).shape == (4, 1)
 
 
 def test_sampling_and_patch_errors():
     rng = np.random.default_rng(0)
     with pytest.raises(ParameterError):
-        rc.sample_positions(rng, (2, 0, 3), 5)
+        patches_mod.sample_positions(rng, (2, 0, 3), 5)
     with pytest.raises(ParameterError):
-        rc.sample_positions(rng, (2, 3, 4), -1)
+        patches_mod.sample_positions(rng, (2, 3, 4), -1)
     x = np.zeros((1, 2, 5, 5), dtype=np.float32)
     with pytest.raises(ParameterError, match="pads"):
-        rc.conv_patches(x, np.zeros((1, 3), dtype=np.int64), (3, 3), pads=(1, 1))
+        patches_mod.conv_patches(x, np.zeros((1, 3), dtype=np.int64), (3, 3), pads=(1, 1))
     with pytest.raises(ParameterError, match="out of range"):
-        rc.conv_patches(x, np.array([[0, 3, 0]]), (3, 3))  # output is 3x3
+        patches_mod.conv_patches(x, np.array([[0, 3, 0]]), (3, 3))  # output is 3x3
     with pytest.raises(ParameterError, match="spatial"):
-        rc.conv_patches(x, np.zeros((1, 2), dtype=np.int64), (3,))
+        patches_mod.conv_patches(x, np.zeros((1, 2), dtype=np.int64), (3,))
 
 
 # ------------------------------------------------------------------ least squares
@@ -114,8 +116,8 @@ def test_reconstruct_beats_dropping_channels_on_held_out_samples():
     patches, weight, bias = layer_data(0, 600)
     train, test = slice(0, 400), slice(400, None)
     targets = output(patches, weight, bias)
-    kept = rc.select_by_magnitude(weight, 4)
-    w_fit, b_fit = rc.reconstruct(patches[train][:, kept], targets[train], fit_bias=True)
+    kept = select.select_by_magnitude(weight, 4)
+    w_fit, b_fit = lstsq.reconstruct(patches[train][:, kept], targets[train], fit_bias=True)
     assert w_fit.shape == (5, 4, 3) and b_fit.shape == (5,)
     refit = err(output(patches[test][:, kept], w_fit, b_fit), targets[test])
     dropped = err(output(patches[test][:, kept], weight[:, kept], bias), targets[test])
@@ -127,10 +129,10 @@ def test_reconstruct_recovers_the_layer_when_nothing_is_pruned(ridge, atol):
     rng = np.random.default_rng(1)
     patches = rng.standard_normal((500, 6, 4))
     weight, bias = rng.standard_normal((3, 6, 4)), rng.standard_normal(3)
-    w_fit, b_fit = rc.reconstruct(patches, output(patches, weight, bias), fit_bias=True, ridge=ridge)
+    w_fit, b_fit = lstsq.reconstruct(patches, output(patches, weight, bias), fit_bias=True, ridge=ridge)
     np.testing.assert_allclose(w_fit, weight, atol=atol)
     np.testing.assert_allclose(b_fit, bias, atol=atol)
-    w_fit, b_fit = rc.reconstruct(patches, output(patches, weight), fit_bias=False, ridge=ridge)
+    w_fit, b_fit = lstsq.reconstruct(patches, output(patches, weight), fit_bias=False, ridge=ridge)
     assert b_fit is None
     np.testing.assert_allclose(w_fit, weight, atol=atol)
 
@@ -139,26 +141,26 @@ def test_reconstruct_recovers_the_layer_when_nothing_is_pruned(ridge, atol):
 def test_underdetermined_system_gives_finite_weights(ridge):
     patches, weight, bias = layer_data(2, 10)  # 10 samples, 25 unknowns per output
     targets = output(patches, weight, bias)
-    sol = rc.NormalEquations(24, 5, fit_bias=True).add(patches.reshape(10, -1), targets).solve(ridge)
+    sol = lstsq.NormalEquations(24, 5, fit_bias=True).add(patches.reshape(10, -1), targets).solve(ridge)
     assert sol.underdetermined and sol.count == 10
     assert np.isfinite(sol.weight).all() and np.isfinite(sol.bias).all()
     fitted = patches.reshape(10, -1) @ sol.weight.T + sol.bias
     np.testing.assert_allclose(fitted, targets, atol=1e-3)  # interpolates the few samples
-    w_fit, b_fit = rc.reconstruct(patches, targets, fit_bias=True, ridge=ridge)
+    w_fit, b_fit = lstsq.reconstruct(patches, targets, fit_bias=True, ridge=ridge)
     assert np.isfinite(w_fit).all() and np.isfinite(b_fit).all()
 
 
 def test_singular_and_empty_systems_do_not_raise():
     patches, weight, bias = layer_data(3, 200)
     patches[:, 2] = 0.0  # a dead channel: X^T X is singular
-    equations = rc.NormalEquations(24, 5, fit_bias=True)
+    equations = lstsq.NormalEquations(24, 5, fit_bias=True)
     sol = equations.add(patches.reshape(200, -1), output(patches, weight, bias)).solve(0.0)
     assert sol.underdetermined and np.isfinite(sol.weight).all()
     np.testing.assert_allclose(sol.weight.reshape(5, 8, 3)[:, 2], 0.0, atol=1e-9)  # minimum norm
-    empty = rc.NormalEquations(4, 2, fit_bias=True).solve()
+    empty = lstsq.NormalEquations(4, 2, fit_bias=True).solve()
     assert empty.underdetermined and not empty.weight.any() and not empty.bias.any()
     x = layer_data(4, 200)[0].reshape(200, -1)
-    well_posed = rc.NormalEquations(24, 5).add(x, np.ones((200, 5))).solve()
+    well_posed = lstsq.NormalEquations(24, 5).add(x, np.ones((200, 5))).solve()
     assert not well_posed.underdetermined
 
 
@@ -166,8 +168,8 @@ def test_singular_and_empty_systems_do_not_raise():
 def test_batch_accumulation_equals_one_shot(fit_bias):
     patches, weight, bias = layer_data(5, 300)
     x, y = patches.reshape(300, -1), output(patches, weight, bias) + 0.1
-    one = rc.NormalEquations(24, 5, fit_bias).add(x, y).solve()
-    batched = rc.NormalEquations(24, 5, fit_bias)
+    one = lstsq.NormalEquations(24, 5, fit_bias).add(x, y).solve()
+    batched = lstsq.NormalEquations(24, 5, fit_bias)
     for start in range(0, 300, 70):
         batched.add(x[start:start + 70], y[start:start + 70])
     many = batched.solve()
@@ -175,22 +177,22 @@ def test_batch_accumulation_equals_one_shot(fit_bias):
     np.testing.assert_allclose(many.weight, one.weight, rtol=1e-9, atol=1e-9)
     if fit_bias:
         np.testing.assert_allclose(many.bias, one.bias, rtol=1e-9, atol=1e-9)
-    w, b_ = rc.reconstruct(patches, y, fit_bias)
+    w, b_ = lstsq.reconstruct(patches, y, fit_bias)
     np.testing.assert_allclose(w.reshape(5, -1), one.weight, rtol=1e-9, atol=1e-9)
 
 
 def test_least_squares_errors():
-    eq = rc.NormalEquations(4, 2)
+    eq = lstsq.NormalEquations(4, 2)
     with pytest.raises(ParameterError, match="got x"):
         eq.add(np.zeros((3, 5)), np.zeros((3, 2)))
     with pytest.raises(ParameterError, match="ridge"):
         eq.solve(-1.0)
     with pytest.raises(ParameterError, match="ridge"):
-        rc.select_greedy_lsq(np.ones((3, 4, 1)), np.ones((2, 4, 1)), 2, refine=True, ridge=float("nan"))
+        select.select_greedy_lsq(np.ones((3, 4, 1)), np.ones((2, 4, 1)), 2, refine=True, ridge=float("nan"))
     with pytest.raises(ParameterError, match="xtx"):
-        rc.select_greedy_gram(np.eye(5), np.ones((2, 4, 1)), 2, refine=True)
+        select.select_greedy_gram(np.eye(5), np.ones((2, 4, 1)), 2, refine=True)
     with pytest.raises(ParameterError, match="targets"):
-        rc.reconstruct(np.zeros((3, 2, 1)), np.zeros((4, 2)), fit_bias=False)
+        lstsq.reconstruct(np.zeros((3, 2, 1)), np.zeros((4, 2)), fit_bias=False)
 
 
 # --------------------------------------------------------------- channel selection
@@ -206,9 +208,9 @@ def test_greedy_removes_channels_without_contribution_first():
     weight = rng.standard_normal((4, 6, 2))
     patches[:, 1] = 0.0  # no input
     weight[:, 4] = 0.0  # no weight
-    np.testing.assert_array_equal(rc.select_greedy_lsq(patches, weight, 4), [0, 2, 3, 5])
-    np.testing.assert_array_equal(rc.select_greedy_lsq(patches, weight, 4, refine=True), [0, 2, 3, 5])
-    assert 1 not in rc.select_greedy_lsq(patches, weight, 3)
+    np.testing.assert_array_equal(select.select_greedy_lsq(patches, weight, 4), [0, 2, 3, 5])
+    np.testing.assert_array_equal(select.select_greedy_lsq(patches, weight, 4, refine=True), [0, 2, 3, 5])
+    assert 1 not in select.select_greedy_lsq(patches, weight, 3)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -218,8 +220,8 @@ def test_greedy_never_worse_than_magnitude(seed):
     patches = correlated(rng, 300, c * k).reshape(300, c, k) * rng.uniform(0.2, 2.0, (1, c, 1))
     weight = rng.standard_normal((6, c, k))
     for keep in (3, 6, 9):
-        greedy = rc.select_greedy_lsq(patches, weight, keep)
-        magnitude = rc.select_by_magnitude(weight, keep)
+        greedy = select.select_greedy_lsq(patches, weight, keep)
+        magnitude = select.select_by_magnitude(weight, keep)
         assert zero_error(patches, weight, greedy) <= zero_error(patches, weight, magnitude) * (1 + 1e-12)
 
 
@@ -228,7 +230,7 @@ def test_gram_matches_explicit_contributions():
     z = np.einsum("ncK,ocK->cno", patches, weight)
     flat = patches.reshape(50, -1)
     want = np.einsum("cno,dno->cd", z, z)
-    np.testing.assert_allclose(rc.contribution_gram(flat.T @ flat, weight), want, rtol=1e-10)
+    np.testing.assert_allclose(select.contribution_gram(flat.T @ flat, weight), want, rtol=1e-10)
 
 
 def test_refined_selection_uses_collinear_inputs():
@@ -237,10 +239,10 @@ def test_refined_selection_uses_collinear_inputs():
     patches[:, 1] = 2.0 * patches[:, 0]  # channel 1 carries nothing channel 0 lacks
     weight = rng.standard_normal((3, 5, 1)) * 0.1
     weight[:, :2] = 3.0  # but both are large, so plain greedy and magnitude keep them
-    kept = rc.select_greedy_lsq(patches, weight, 4, refine=True)
+    kept = select.select_greedy_lsq(patches, weight, 4, refine=True)
     assert len(kept) == 4 and not {0, 1} <= set(kept.tolist())
-    assert {0, 1} <= set(rc.select_greedy_lsq(patches, weight, 4).tolist())
-    w_fit, _ = rc.reconstruct(patches[:, kept], output(patches, weight), fit_bias=False, ridge=0.0)
+    assert {0, 1} <= set(select.select_greedy_lsq(patches, weight, 4).tolist())
+    w_fit, _ = lstsq.reconstruct(patches[:, kept], output(patches, weight), fit_bias=False, ridge=0.0)
     assert err(output(patches[:, kept], w_fit), output(patches, weight)) < 1e-12
 
 
@@ -251,15 +253,15 @@ def test_refined_single_removal_is_the_best_after_refit(seed):
     targets = output(patches, weight)
 
     def refit_error(kept):
-        w_fit, _ = rc.reconstruct(patches[:, kept], targets, fit_bias=False, ridge=0.0)
+        w_fit, _ = lstsq.reconstruct(patches[:, kept], targets, fit_bias=False, ridge=0.0)
         return err(output(patches[:, kept], w_fit), targets)
 
     errors = [refit_error(np.delete(np.arange(10), c)) for c in range(10)]
-    kept = rc.select_greedy_lsq(patches, weight, 9, refine=True, ridge=0.0)
+    kept = select.select_greedy_lsq(patches, weight, 9, refine=True, ridge=0.0)
     assert refit_error(kept) == pytest.approx(min(errors), rel=1e-9)
 
 
-@pytest.mark.parametrize("method", sorted(rc.SELECTORS))
+@pytest.mark.parametrize("method", sorted(select.SELECTORS))
 def test_selectors_keep_locked_channels_and_exact_count(method):
     rng = np.random.default_rng(8)
     patches = rng.standard_normal((80, 10, 3))
@@ -268,17 +270,17 @@ def test_selectors_keep_locked_channels_and_exact_count(method):
     locked = np.zeros(10, dtype=bool)
     locked[[2, 7]] = True
     for keep in (2, 3, 5, 10):
-        kept = rc.SELECTORS[method](patches, weight, keep, locked)
+        kept = select.SELECTORS[method](patches, weight, keep, locked)
         assert kept.dtype == np.int64 and len(kept) == keep
         assert np.all(np.diff(kept) > 0) and {2, 7} <= set(kept.tolist())
-    np.testing.assert_array_equal(rc.SELECTORS[method](patches, weight, 2, locked), [2, 7])
+    np.testing.assert_array_equal(select.SELECTORS[method](patches, weight, 2, locked), [2, 7])
 
 
 def test_magnitude_ties_keep_lower_index():
     weight = np.ones((2, 5, 1))
     weight[:, 3] = 2.0
-    np.testing.assert_array_equal(rc.select_by_magnitude(weight, 3), [0, 1, 3])
-    np.testing.assert_array_equal(rc.select_by_magnitude(weight.reshape(2, 5), 1), [3])
+    np.testing.assert_array_equal(select.select_by_magnitude(weight, 3), [0, 1, 3])
+    np.testing.assert_array_equal(select.select_by_magnitude(weight.reshape(2, 5), 1), [3])
 
 
 @pytest.mark.parametrize("keep, locked", [(0, None), (11, None), (2, [0, 1, 2]), (3.0, None), (True, None)])
@@ -289,19 +291,19 @@ def test_selection_rejects_bad_keep(keep, locked):
     if locked is not None:
         mask = np.zeros(10, dtype=bool)
         mask[locked] = True
-    for method in rc.SELECTORS:
+    for method in select.SELECTORS:
         with pytest.raises(ParameterError, match="keep"):
-            rc.SELECTORS[method](patches, weight, keep, mask)
+            select.SELECTORS[method](patches, weight, keep, mask)
 
 
 def test_selection_rejects_bad_inputs():
     weight = np.ones((2, 10, 1))
     with pytest.raises(ParameterError, match="locked"):
-        rc.select_by_magnitude(weight, 3, np.zeros(9, dtype=bool))
+        select.select_by_magnitude(weight, 3, np.zeros(9, dtype=bool))
     with pytest.raises(ParameterError, match="patches"):
-        rc.SELECTORS["greedy"](None, weight, 3, None)
+        select.SELECTORS["greedy"](None, weight, 3, None)
     with pytest.raises(ParameterError, match="patches"):
-        rc.select_greedy_lsq(np.ones((4, 9, 1)), weight, 3)
+        select.select_greedy_lsq(np.ones((4, 9, 1)), weight, 3)
 
 
 # ---------------------------------------------------------------------- kept count
@@ -321,13 +323,13 @@ def test_selection_rejects_bad_inputs():
     (6, 0.01, 4, 7, 6),
 ])
 def test_kept_count(total, ratio, multiplicity, minimum, want):
-    assert rc.kept_count(total, ratio, multiplicity, minimum) == want
+    assert cost.kept_count(total, ratio, multiplicity, minimum) == want
 
 
 @pytest.mark.parametrize("args", [(10, 0), (10, 1.5), (10, "x"), (0, 0.5), (10, 0.5, 0), (10, 0.5, 1, 0)])
 def test_kept_count_errors(args):
     with pytest.raises(ParameterError):
-        rc.kept_count(*args)
+        cost.kept_count(*args)
 
 
 @pytest.mark.parametrize("fit_bias", [True, False])
@@ -338,7 +340,7 @@ def test_gramfit_dual_form_equals_primal(fit_bias):
     patches = rng.normal(size=(n, c, k))
     w = rng.normal(size=(n_out, c, k))
     targets = np.einsum("ncK,ocK->no", patches, w) + 0.3 * rng.normal(size=(n, n_out)) + 2.0
-    gram = rc.GramFit(patches, targets, fit_bias)
+    gram = lstsq.GramFit(patches, targets, fit_bias)
     keep = np.arange(0, c, 3)[:8]  # 72 unknowns < 120 samples: primal is the natural form
     keep_wide = np.arange(c)[:25]  # 225 unknowns > 120 samples: dual
     for kept in (keep, keep_wide):

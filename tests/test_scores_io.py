@@ -6,8 +6,8 @@ import json
 import pytest
 
 from onnx_compress.errors import DataError, ParameterError
-from onnx_compress.select import scores_io
-from onnx_compress.select.scores_io import (FORMAT, ScoreTable, check_matches, format_ratio, load, model_digest,
+from onnx_compress.search import scores_io
+from onnx_compress.search.scores_io import (FORMAT, ScoreTable, check_matches, format_ratio, load, model_digest,
                                             parse_ratio, save)
 
 CANDIDATES = (0.1, 0.2, 0.3, 1 / 3, 0.7, 0.9)

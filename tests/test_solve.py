@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from onnx_compress.errors import ParameterError
-from onnx_compress.select.solve import (
+from onnx_compress.search.solve import (
     METHODS, LayerOptions, Option, Selection, _pav, _pick_at_threshold, monotonic_fit, select, smallest_ratio,
     solve_knapsack, solve_threshold,
 )

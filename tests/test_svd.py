@@ -15,7 +15,10 @@ from onnx import numpy_helper
 
 import builders as b
 from onnx_compress import ir, layers
-from onnx_compress.transforms import SCHEMES, RankPlan, apply, svd
+from onnx_compress.schemes import SCHEMES
+from onnx_compress.schemes.svd import RankPlan
+from onnx_compress.schemes.svd import apply_plans as apply
+from onnx_compress.schemes.svd import factor as svd
 
 
 def split(model: onnx.ModelProto, scheme: str, name: str, rank=None):

@@ -11,7 +11,9 @@ from onnx import TensorProto, helper
 import builders as b
 import onnx_compress as oc
 from onnx_compress import layers, runtime
-from onnx_compress.moments import input_moments
+from onnx_compress.options import Settings
+from onnx_compress.runtime.activations import Activations
+from onnx_compress.schemes.svd.moments import input_moments
 
 V, P, H, F, C = 30, 16, 8, 24, 5  # vocabulary, positions, hidden, feed-forward, head outputs
 DENSE = ["q", "k", "v", "o", "ffn1", "ffn2"]
@@ -116,7 +118,7 @@ def test_moments_of_3d_inputs_are_the_token_row_statistics():
     calib = {"input_ids": np.random.default_rng(3).integers(0, V, size=(8, 6)).astype(np.int64)}  # dict of arrays
     analysis = layers.analyze(model, None, {"input_ids": (1, 6)})
     x = runtime.session(model, extra_outputs=["h"]).run(["h"], calib)[0].reshape(-1, H).astype(np.float64)
-    mom = input_moments(model, [analysis.find("ffn1")], "weight_svd", calib, samples=50000)["ffn1"]
+    mom = input_moments(model, [analysis.find("ffn1")], "weight_svd", Activations(Settings(data=calib)), samples=50000)["ffn1"]
     np.testing.assert_allclose(mom, x.T @ x / len(x), rtol=0.1, atol=0.05 * np.abs(mom).max())
 
 

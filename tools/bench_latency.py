@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 
 import onnx_compress as oc
-from onnx_compress import ir, latency, layers
+from onnx_compress import ir, layers
+from onnx_compress.search import latency
 from onnx_compress.evaluators import accuracy
-from onnx_compress.select import greedy
+from onnx_compress.search import dictionary as greedy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs import write_section  # noqa: E402
@@ -40,11 +41,11 @@ def layer_rows(model: str, scheme: str, batch: int) -> tuple[dict, list[dict]]:
     path = MODELS[model][0]
     proto = ir.load(path)
     analysis = layers.analyze(proto)
-    names = [l.name for l in analysis.compressible if oc.api.SCHEMES[scheme].check(l) is None]
+    names = [l.name for l in analysis.compressible if oc.schemes.SCHEMES[scheme].check(l) is None]
     keys = greedy.candidate_keys(10)
-    units, _ = greedy.svd_units(analysis, scheme, names, keys, "mac", 1)
+    units, _ = oc.schemes.SCHEMES[scheme].units(analysis.proto, analysis, names, keys, oc.schemes.Context("mac", 1, analysis.input_dims))
     timer = latency.Timer(batch_size=batch)
-    lat = latency.unit_latencies(proto, analysis.input_dims, units, scheme, timer)
+    lat = latency.unit_latencies(proto, analysis.input_dims, units, oc.schemes.SCHEMES[scheme], timer)
     detail, slower, n = [], 0, 0
     at = {0.8: [], 0.5: []}
     for u in units:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from _docs import write_section  # noqa: E402
 
 from onnx_compress import compress_auto, evaluators, ir, quantize, runtime  # noqa: E402
-from onnx_compress.quantization import file_size  # noqa: E402
+from onnx_compress.runtime.quantize import file_size  # noqa: E402
 
 BEGIN, END = "<!-- bench_quantize:begin -->", "<!-- bench_quantize:end -->"
 MODELS = ("vgg_small", "resnet_small", "mobilenet_small")

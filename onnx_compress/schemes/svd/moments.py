@@ -13,9 +13,11 @@ import zlib
 import numpy as np
 import onnx
 
-from . import layers as layers_mod
-from . import pruning
-from .transforms import reconstruct, svd
+from ... import layers as layers_mod
+from ...options import Settings
+from ..patches import positions_per_batch
+from .. import patches
+from . import factor as svd
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +30,13 @@ def layer_rows(layer: layers_mod.Layer, x: np.ndarray) -> np.ndarray:
     return x.reshape(-1, x.shape[-1])
 
 
-def input_moments(proto: onnx.ModelProto, targets: list[layers_mod.Layer], scheme: str, data,
-                  samples: int = 2000, seed: int = 0, use_cuda: bool = False) -> dict[str, np.ndarray]:
-    """Layer name -> (D, D) second moment of the inputs its split factors act on."""
-    settings = pruning.PruneSettings(data=data, num_reconstruction_samples=samples, seed=seed, use_cuda=use_cuda)
-    sampler = pruning.Sampler(proto, pruning.load_batches(settings, proto), settings)
+def input_moments(proto: onnx.ModelProto, targets: list[layers_mod.Layer], scheme: str, activations,
+                  samples: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
+    """Layer name -> (D, D) second moment of the inputs its split factors act on;
+    `activations`: the calibration service (runtime.activations.Activations)."""
+    settings = Settings(data=activations.settings.data, num_reconstruction_samples=samples, seed=seed,
+                        use_cuda=activations.settings.use_cuda)
+    sampler = activations.sampler(proto, settings)
     sampler.prefetch([layer.node.inputs[0].name for layer in targets if not layer.in_subgraph])
     out = {}
     for layer in targets:
@@ -43,7 +47,7 @@ def input_moments(proto: onnx.ModelProto, targets: list[layers_mod.Layer], schem
         spec = svd.moment_kernel(layer, scheme)
         dim = layer.matrix_shape()[0] if spec is None else layer.weight.shape[1] * math.prod(spec[0])
         total = max(samples, 8 * dim)
-        counts = pruning.positions_per_batch(total, len(xs))
+        counts = positions_per_batch(total, len(xs))
         parts = []
         for x, count in zip(xs, counts):
             if count == 0:
@@ -53,9 +57,9 @@ def input_moments(proto: onnx.ModelProto, targets: list[layers_mod.Layer], schem
                 p = rows[rng.integers(0, len(rows), count)].astype(np.float64)
             else:
                 kernel, strides, pads, dilations = spec
-                spatial = reconstruct.conv_out_spatial(x.shape[2:], kernel, strides, pads, dilations)
-                pos = reconstruct.sample_positions(rng, (x.shape[0], 1, *spatial), count)
-                p = reconstruct.conv_patches(x, pos, kernel, strides, pads, dilations)
+                spatial = patches.conv_out_spatial(x.shape[2:], kernel, strides, pads, dilations)
+                pos = patches.sample_positions(rng, (x.shape[0], 1, *spatial), count)
+                p = patches.conv_patches(x, pos, kernel, strides, pads, dilations)
                 p = p.reshape(len(p), -1).astype(np.float64)
             parts.append(p)
         p = np.concatenate(parts) if parts else np.zeros((0, dim))

@@ -36,16 +36,15 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from . import ir, layers, runtime
-from . import progress as progress_mod
-from .errors import ParameterError, ShapeError
-from .transforms import SCHEMES
+from .. import ir, layers, runtime
+from .. import progress as progress_mod
+from ..errors import ParameterError, ShapeError
+from ..schemes.variants import Variant, original_variant, variant_model
 
 STAGE = "measuring latency"  # progress stage
 MIN_SAMPLE_S = 2e-4  # a sample repeats a fast variant until it takes about this long
@@ -68,151 +67,6 @@ def check_batch_size(batch_size) -> int | None:
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise ParameterError(f"latency batch size must be an integer >= 1, got {batch_size!r}")
     return int(batch_size)
-
-
-# ------------------------------------------------------------------------- variants
-@dataclass(frozen=True)
-class Variant:
-    """A layer as timed alone: `nodes` run in a chain on one input of `input_shape`.
-
-    Each node: (op type, shapes of its constant inputs after the data input (None: an
-    empty optional input), attributes as sorted (name, value) pairs).
-    """
-
-    input_shape: tuple[int, ...]
-    dtype: str
-    nodes: tuple[tuple[str, tuple, tuple], ...]
-    opset: int
-
-
-def _freeze(attrs: dict) -> tuple:
-    out = []
-    for key, value in sorted(attrs.items()):
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
-        if isinstance(value, (list, tuple)):
-            value = tuple(value)
-        out.append((key, value))
-    return tuple(out)
-
-
-def _in_shape(layer: layers.Layer) -> tuple[int, ...]:
-    if layer.in_shape is None:
-        raise ShapeError(f"layer '{layer.name}': its input shape is unknown, so it cannot be timed; "
-                         "pass input_shape (CLI: --input-shape NAME=d0,d1,...)")
-    return tuple(layer.in_shape)
-
-
-def _const_shapes(layer: layers.Layer) -> list[tuple[int, ...] | None]:
-    shapes = []
-    for tensor in layer.node.inputs[1:]:
-        if not tensor.name:
-            shapes.append(None)
-            continue
-        value = ir.constant_value(tensor)
-        if value is None:
-            raise ShapeError(f"layer '{layer.name}': input '{tensor.name}' is not constant, so the layer "
-                             "cannot be timed alone")
-        shapes.append(tuple(value.shape))
-    return shapes
-
-
-def original_variant(layer: layers.Layer, opset: int) -> Variant:
-    """The layer as it is."""
-    node = (layer.op, tuple(_const_shapes(layer)), _freeze(layer.attrs))
-    return Variant(_in_shape(layer), str(layer.weight.dtype), (node,), opset)
-
-
-def split_variants(layer: layers.Layer, scheme: str, ranks: list[int], opset: int) -> dict[int, Variant]:
-    """rank -> the layer split by `scheme` ("weight_svd"/"spatial_svd") at that rank.
-
-    The chain's shapes come from the scheme's specs at ranks 1 and 2 (the axes that
-    differ carry the rank), so two factorisations are computed, not one per rank.
-    """
-    rs = SCHEMES[scheme]
-    one = rs.specs(layer, 1, opset)
-    full = rs.rank_cost(layer, "memory").full_rank
-    two = rs.specs(layer, 2, opset) if full >= 2 and any(r >= 2 for r in ranks) else None
-    consts = [None] + _const_shapes(layer)  # by the original node's input index
-    out = {}
-    for rank in ranks:
-        nodes = []
-        for i, spec in enumerate(one):
-            shapes = []
-            for j, param in enumerate(spec.params):
-                if param is None:
-                    shapes.append(None)
-                    continue
-                shape = list(param.shape)
-                if two is not None:
-                    other = two[i].params[j].shape
-                    shape = [rank if a != b else a for a, b in zip(shape, other)]
-                shapes.append(tuple(shape))
-            shapes += [consts[k] for k in spec.extra_inputs]
-            nodes.append((spec.op, tuple(shapes), _freeze(spec.attrs)))
-        out[rank] = Variant(_in_shape(layer), str(layer.weight.dtype), tuple(nodes), opset)
-    return out
-
-
-def in_width(layer: layers.Layer) -> int:
-    """The layer's input channels (a depthwise conv: its channels)."""
-    w = layer.weight
-    if layer.op == "Conv":
-        return int(w.shape[0] if layer.group != 1 else w.shape[1])
-    return int(layer.matrix_shape()[0])
-
-
-def pruned_variant(layer: layers.Layer, kept: int, opset: int) -> Variant:
-    """The layer with `kept` input channels (a depthwise conv: `kept` channels)."""
-    w = layer.weight
-    in_shape = list(_in_shape(layer))
-    shapes = _const_shapes(layer)
-    attrs = dict(layer.attrs)
-    if layer.op == "Conv" and layer.group != 1:
-        if not (layer.group == w.shape[0] and w.shape[1] == 1):
-            raise ShapeError(f"layer '{layer.name}': grouped conv (group={layer.group}) cannot lose channels")
-        in_shape[1] = kept
-        shapes[0] = (kept, *w.shape[1:])
-        if len(shapes) > 1 and shapes[1] is not None:
-            shapes[1] = (kept,)
-        attrs["group"] = kept
-    elif layer.op == "Conv":
-        in_shape[1] = kept
-        shapes[0] = (w.shape[0], kept, *w.shape[2:])
-    elif layer.op == "Gemm":
-        in_shape[0 if int(attrs.get("transA", 0)) else -1] = kept
-        n = layer.matrix_shape()[1]
-        shapes[0] = (n, kept) if int(attrs.get("transB", 0)) else (kept, n)
-    else:
-        in_shape[-1] = kept
-        shapes[0] = (kept, int(w.shape[1]))
-    node = (layer.op, tuple(shapes), _freeze(attrs))
-    return Variant(tuple(in_shape), str(w.dtype), (node,), opset)
-
-
-def variant_model(v: Variant) -> onnx.ModelProto:
-    """The variant as a model: input "x", output "y", random constants (seeded)."""
-    rng = np.random.default_rng(0)
-    elem = helper.np_dtype_to_tensor_dtype(np.dtype(v.dtype))
-    nodes, inits, data = [], [], "x"
-    for i, (op, shapes, attrs) in enumerate(v.nodes):
-        inputs = [data]
-        for j, shape in enumerate(shapes):
-            if shape is None:
-                inputs.append("")
-                continue
-            name = f"n{i}.p{j}"
-            value = (rng.standard_normal(shape) * 0.1).astype(v.dtype)
-            inits.append(numpy_helper.from_array(value, name))
-            inputs.append(name)
-        data = "y" if i == len(v.nodes) - 1 else f"n{i}.out"
-        nodes.append(helper.make_node(op, inputs, [data], name=f"n{i}", **dict(attrs)))
-    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", elem, v.input_shape)],
-                              [helper.make_tensor_value_info("y", elem, None)], inits)
-    opsets = [helper.make_opsetid("", v.opset)]
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="onnx_compress.latency")
-    model.ir_version = max(4, helper.find_min_ir_version_for(opsets))
-    return model
 
 
 # --------------------------------------------------------------------------- timing
@@ -381,47 +235,27 @@ class UnitLatency:
     layers: dict = dataclasses.field(default_factory=dict)
 
 
-def unit_latencies(proto: onnx.ModelProto, dims: dict, units: list, scheme: str, timer: Timer) -> dict[str, UnitLatency]:
-    """Unit name -> its measured latency, uncompressed and at each candidate.
-
-    SVD: the layer alone vs its split chain. Channel pruning: the sum over the layers whose
-    input channels the group removes (each alone with its kept inputs); like the unit's MAC
-    cost, the producers' output-channel savings are not counted (they show in the model).
-    Progress: stage "measuring latency", one step per unit.
+def unit_latencies(proto: onnx.ModelProto, dims: dict, units: list, scheme, timer: Timer) -> dict[str, UnitLatency]:
+    """Unit name -> its measured latency, uncompressed and at each candidate: the sum over
+    the layers the scheme's `variants` name (SVD: the layer alone vs its split chain;
+    channel pruning: the layers whose input channels the group removes, each alone with its
+    kept inputs). Progress: stage "measuring latency", one step per unit.
     """
     analysis = batch_analysis(proto, dims, timer.batch_size)
     opset = ir.opset(proto)
     out = {}
     progress_mod.update(STAGE, 0, len(units))
     for done, unit in enumerate(units, start=1):
-        if unit.effects is not None:
-            out[unit.name] = _group_latency(analysis, unit, timer, opset)
-        else:
-            layer = analysis.find(unit.name)
-            by_rank = split_variants(layer, scheme, sorted({c.size for c in unit.candidates}), opset)
-            ref, ns = timer.latencies(original_variant(layer, opset), [by_rank[c.size] for c in unit.candidates])
-            out[unit.name] = UnitLatency(ref, {c.key: v for c, v in zip(unit.candidates, ns)})
+        original, per_key, per_layer = 0, {c.key: 0 for c in unit.candidates}, {}
+        for name, ref, by_key in scheme.variants(analysis, unit, opset):
+            ref_ns, ns = timer.latencies(ref, [by_key[c.key] for c in unit.candidates])
+            original += ref_ns
+            per_layer[name] = (ref_ns, {c.key: v for c, v in zip(unit.candidates, ns)})
+            for c, v in zip(unit.candidates, ns):
+                per_key[c.key] += v
+        out[unit.name] = UnitLatency(original, per_key, per_layer if not scheme.exact_costs else {})
         progress_mod.update(STAGE, done, len(units))
     return out
-
-
-def _group_latency(analysis: layers.Analysis, unit, timer: Timer, opset: int) -> UnitLatency:
-    first = next(iter(unit.effects.values()))
-    owned = [name for name, side in first if side == "in"]
-    original, per_key, per_layer = 0, {c.key: 0 for c in unit.candidates}, {}
-    for name in owned:
-        layer = analysis.find(name)
-        width = in_width(layer)
-        ref = original_variant(layer, opset)
-        kept = {c.key: int(Fraction(unit.effects[c.key][(name, "in")]) * width) for c in unit.candidates}
-        variants = [ref if kept[c.key] >= width else pruned_variant(layer, kept[c.key], opset)
-                    for c in unit.candidates]
-        ref_ns, ns = timer.latencies(ref, variants)
-        original += ref_ns
-        per_layer[name] = (ref_ns, {c.key: v for c, v in zip(unit.candidates, ns)})
-        for c, v in zip(unit.candidates, ns):
-            per_key[c.key] += v
-    return UnitLatency(original, per_key, per_layer)
 
 
 def estimate(units: list, lat: dict[str, UnitLatency], per_layer: dict[str, int], choices: dict[str, float]) -> int:
@@ -437,7 +271,7 @@ def estimate(units: list, lat: dict[str, UnitLatency], per_layer: dict[str, int]
         key = choices.get(unit.name, 1.0)
         if key == 1.0:
             continue
-        for (name, side), kept in unit.effects[key].items():
+        for (name, side), kept in unit.data[key].items():
             if name not in est:
                 continue
             if side == "in" and name in lat[unit.name].layers:

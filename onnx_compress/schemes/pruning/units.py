@@ -18,9 +18,12 @@ from fractions import Fraction
 import numpy as np
 import onnx
 
-from .. import ir, layers, progress, pruning
-from ..transforms import depgraph, reconstruct
-from .greedy import Candidate, Unit
+from ... import ir, layers, progress
+from ...cost import kept_count
+from ...options import Settings
+from . import prune as pruning
+from . import depgraph, lstsq
+from ..base import Candidate, Unit
 
 
 #: Why a group whose sampled inputs or outputs hold NaN/Inf (downstream of a layer with
@@ -33,10 +36,9 @@ def _weight_names(proto: onnx.ModelProto) -> set[str]:
 
 
 def group_units(proto: onnx.ModelProto, analysis: layers.Analysis, names: list[str], keys: list[float],
-                settings: pruning.PruneSettings, metric: str, multiplicity: int):
+                settings: Settings, metric: str, multiplicity: int, activations):
     """(units, skipped: layer name -> reason) for channel pruning in auto mode."""
-    feeds = pruning.load_batches(settings, proto)
-    sampler = pruning.Sampler(proto, feeds, settings)
+    sampler = activations.sampler(proto, settings)
     rng = np.random.default_rng(settings.seed)
     inits = _weight_names(proto)
     by_name = {l.name: l for l in analysis.compressible}
@@ -92,7 +94,7 @@ def _unit(root, group, members, sampler, rng, keys, settings, costs, multiplicit
     grams = {}
     if settings.reconstruct:
         for m in members:
-            grams[m.name] = reconstruct.GramFit(samples[m.name][0], samples[m.name][1], _has_bias(m),
+            grams[m.name] = lstsq.GramFit(samples[m.name][0], samples[m.name][1], _has_bias(m),
                                                 seed=settings.seed)
     root_index = group.positions[root.node.inputs[0].name].index
     weight_view = pruning.root_view(pruning.layer_weight(root), root_index)
@@ -104,7 +106,7 @@ def _unit(root, group, members, sampler, rng, keys, settings, costs, multiplicit
         q = Fraction(repr(float(key)))
         if q.numerator * size < q.denominator:
             continue
-        keep = max(reconstruct.kept_count(size, q, multiplicity), int(group.locked.sum()))
+        keep = max(kept_count(size, q, multiplicity), int(group.locked.sum()))
         if keep >= size or any(c[1] == keep for c in choices):  # past the top, or a repeat after rounding
             continue
         kept = pruning.select_kept(group, settings.selection, patches_view, weight_view, keep, group.locked,
@@ -118,18 +120,27 @@ def _unit(root, group, members, sampler, rng, keys, settings, costs, multiplicit
         return None
     base = _owned_cost(group, costs)
     cands, removed_by_key = [], {}
-    for key, keep, removed, cost in choices:
-        cands.append(Candidate(key, keep, cost, Fraction(keep, size)))
-        removed_by_key[key] = removed
     effects = {key: _effects(group, removed, costs) for key, _, removed, _ in choices}
+    for key, keep, removed, cost in choices:
+        cands.append(Candidate(key, keep, cost, Fraction(keep, size), footprint(effects[key])))
+        removed_by_key[key] = removed
 
-    def overrides(c: Candidate) -> dict[str, np.ndarray]:
+    def preview(c: Candidate) -> dict[str, np.ndarray]:
         return _overrides(group, members, samples, grams, removed_by_key[c.key], settings)
 
     weights = [m.node.inputs[1].name for m in members]
     if settings.reconstruct:
         weights += [m.node.inputs[2].name for m in members if _has_bias(m)]
-    return Unit(root.name, cands, overrides, base, tuple(weights), effects)
+    touched = tuple(dict.fromkeys(name for name, _ in effects[choices[0][0]]))
+    return Unit(root.name, cands, preview, base, tuple(weights), touched, data=effects)
+
+
+def footprint(effects: dict[tuple[str, str], Fraction]) -> dict[str, Fraction]:
+    """Layer -> kept fraction of its cost: the product of its sides' kept fractions."""
+    out: dict[str, Fraction] = {}
+    for (name, _side), kept in effects.items():
+        out[name] = out.get(name, Fraction(1)) * kept
+    return out
 
 
 def _has_bias(layer: layers.Layer) -> bool:
@@ -181,20 +192,6 @@ def _effects(group, removed: np.ndarray, costs: dict[str, int]) -> dict[tuple[st
         side = "out" if action.kind == "out" else "in"
         out[(name, side)] = Fraction(width - len(pos.removed(removed)), width)
     return out
-
-
-def exact_cost(units, choices: dict[str, float], costs: dict[str, int]) -> int:
-    """The model's cost when each unit takes its chosen candidate: every layer's cost times
-    the kept fraction of its input channels and of its output channels (depthwise convs:
-    their channels once)."""
-    factor: dict[str, Fraction] = {name: Fraction(1) for name in costs}
-    for unit in units:
-        key = choices.get(unit.name, 1.0)
-        if key == 1.0:
-            continue
-        for (name, _side), kept in unit.effects[key].items():
-            factor[name] *= kept
-    return int(sum(costs[n] * f for n, f in factor.items()))
 
 
 def _width(action) -> int:

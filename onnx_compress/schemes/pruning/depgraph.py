@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import ir
-from ..layers import Layer
+from ... import ir
+from ...layers import Layer
 
 Shape = ir.Shape
 
@@ -471,7 +471,7 @@ def _finite(tensor, value: np.ndarray) -> bool:
     with NaN/Inf weights is refused, so its channels are not pruned from a neighbour)."""
     known = getattr(tensor, "_onnx_compress_finite", None)
     if known is None:
-        from ..layers import _all_finite
+        from ...layers import _all_finite
 
         known = not np.issubdtype(value.dtype, np.floating) or _all_finite(value)
         try:

@@ -20,8 +20,10 @@ import zlib
 import numpy as np
 import onnx
 
-from . import ir, pruning
-from . import progress as progress_mod
+from ... import ir
+from ...options import Settings
+from ..patches import positions_per_batch
+from ... import progress as progress_mod
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def _as_rows(layer, xs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def refit_second_factors(current: onnx.ModelProto, original: onnx.ModelProto, plans, new_nodes: dict,
-                         settings: pruning.PruneSettings) -> tuple[onnx.ModelProto, dict[str, float]]:
+                         settings: Settings, activations) -> tuple[onnx.ModelProto, dict[str, float]]:
     """Refit every planned Gemm/MatMul's second factor; returns (model, layer -> error ratio).
 
     The error ratio is the relative output error after / before the refit on the sampled
@@ -55,8 +57,7 @@ def refit_second_factors(current: onnx.ModelProto, original: onnx.ModelProto, pl
     # the split's first node reads the tensor the original layer read (its node is gone)
     todo = [p for p in todo if all(n in nodes for n in new_nodes[p.layer.name])]
     inputs = {p.layer.name: nodes[new_nodes[p.layer.name][0]].input[0] for p in todo}
-    feeds = pruning.load_batches(settings, original)
-    sampler = pruning.Sampler(original, feeds, settings)
+    sampler = activations.sampler(original, settings)
     sampler.prefetch(list(inputs.values()))
     gains = {}
     # Inputs of the current model, fetched once per tensor: layers in graph (topological)
@@ -103,7 +104,7 @@ def refit_second_factors(current: onnx.ModelProto, original: onnx.ModelProto, pl
 
 def _paired_rows(x_orig: list[np.ndarray], x_cur: list[np.ndarray], rows: int, rng) -> tuple[np.ndarray, np.ndarray]:
     """The same randomly chosen rows (last axis = features) of both lists of batches."""
-    counts = pruning.positions_per_batch(rows, len(x_orig))
+    counts = positions_per_batch(rows, len(x_orig))
     xo, xc = [], []
     for o, c, count in zip(x_orig, x_cur, counts):
         o = o.reshape(-1, o.shape[-1])

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import data as data_mod
-from . import ir, runtime
-from .errors import CompressionError, DataError, ParameterError
+from .. import data as data_mod
+from .. import ir
+from . import sessions as runtime
+from ..errors import CompressionError, DataError, ParameterError
 
 log = logging.getLogger(__name__)
 

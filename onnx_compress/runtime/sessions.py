@@ -16,8 +16,8 @@ import onnx
 import onnx.numpy_helper
 import onnxruntime as ort
 
-from . import ir
-from .errors import CompressionError, ParameterError
+from .. import ir, validate
+from ..errors import CompressionError, ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -482,3 +482,42 @@ def runner(model: onnx.ModelProto, feeds: dict[str, np.ndarray], use_cuda: bool 
 
     run.keepalive = (sess, binding, keep)  # the binding reads and writes these buffers
     return run
+
+
+# ------------------------------------------------------------ what this ORT loads
+@functools.lru_cache(maxsize=None)
+def ort_refuses(ir_version: int, opset: int) -> str | None:
+    """(validate.RUNTIME_PROBE) None when this ONNX Runtime loads a one-node model of `opset` / `ir_version`; else
+    a phrase naming its version and the newest opset it loads. A few ms, once per pair."""
+    def loads(ir: int, version: int) -> bool:
+        graph = onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])], "probe",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", version)],
+                                       ir_version=ir)
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            return True
+        except Exception:
+            return False
+
+    if loads(ir_version, opset):
+        return None
+    newest = next((v for v in range(opset - 1, validate._ORT_SAFE_OPSET - 1, -1) if loads(min(ir_version, 10), v)), None)
+    upto = f" (up to opset {newest})" if newest is not None else ""
+    return f"the installed ONNX Runtime {getattr(ort, '__version__', '?')} supports{upto}"
+
+
+def symbolic_shapes(proto: onnx.ModelProto, dims: dict) -> dict:
+    """Tensor name -> concrete shape, by ONNX Runtime's symbolic shape inference on `proto`
+    with its inputs fixed to `dims` (layers: where onnx's inference leaves shapes unknown)."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    model = ir.with_input_dims(proto, dims)
+    del model.graph.value_info[:]
+    model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    return ir.concrete_shapes(list(model.graph.value_info) + list(model.graph.output))
+
+
+validate.RUNTIME_PROBE = ort_refuses

@@ -28,35 +28,11 @@ import onnx
 
 from .. import progress as progress_mod
 from .. import runtime
-from ..cost import RankCost, rank_for_ratio
 from ..errors import ParameterError
-from ..layers import Analysis, Layer
-from ..transforms import SCHEMES, svd
+from ..schemes.base import Unit
 from . import scores_io, solve
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One option of one unit: its key in the score table, the rank/channels, its cost."""
-
-    key: float  # candidate ratio (or TAR error level); 1.0 = uncompressed
-    size: int  # rank, or kept channels
-    cost: int  # the unit's cost under the metric with this option (solver units)
-    ratio: Fraction  # achieved ratio of the unit's own layer
-
-
-@dataclass
-class Unit:
-    """A decision unit: its name, candidates, and how to swap in each candidate's weights."""
-
-    name: str
-    candidates: list[Candidate]
-    overrides: Callable[[Candidate], dict[str, np.ndarray]]
-    base_cost: int  # cost of the uncompressed option
-    weights: tuple[str, ...] = ()  # initializers the overrides replace
-    effects: dict | None = None  # channel pruning: candidate key -> {(layer, side): kept fraction}
 
 
 @dataclass
@@ -86,71 +62,6 @@ def tar_levels(n: int) -> list[float]:
     if not isinstance(n, int) or n < 2:
         raise ParameterError(f"num_comp_ratio_candidates must be an integer >= 2, got {n!r}")
     return [round(float(v), 6) for v in np.linspace(0.05, 0.6, n - 1)]
-
-
-# ------------------------------------------------------------------------------ SVD units
-def svd_units(analysis: Analysis, scheme: str, names: list[str], keys: list[float], metric: str,
-              multiplicity: int, tar: bool = False, moments: dict | None = None) -> tuple[list[Unit], dict[str, str]]:
-    """Units for weight/spatial SVD; returns the units and layers left out with reasons."""
-    rs = SCHEMES[scheme]
-    units, skipped = [], {}
-    for name in names:
-        layer = analysis.find(name)
-        if reason := rs.check(layer):
-            skipped[name] = reason
-            continue
-        if layer.node.inputs[1].name not in _initializer_names(analysis.proto):
-            skipped[name] = "weight is not a main-graph initializer (scored by rebuilding: not supported in auto mode yet)"
-            continue
-        rc = rs.rank_cost(layer, metric)
-        if rc.max_rank == 0:
-            skipped[name] = f"{scheme} is never cheaper than this layer"
-            continue
-        errors = svd.relative_errors(layer, scheme) if tar else None
-        cands = []
-        for key in keys:
-            rank = _tar_rank(errors, key, rc) if tar else rank_for_ratio(rc, key, multiplicity)
-            if rank == 0:
-                continue
-            if tar and multiplicity > 1:
-                rank = min(rc.max_rank, max(multiplicity, -(-rank // multiplicity) * multiplicity))
-            if any(c.size == rank for c in cands):  # rounding made it a repeat: one evaluation is enough
-                continue
-            cands.append(Candidate(key, rank, rc.at(rank), rc.ratio(rank)))
-        if not cands:
-            skipped[name] = "no candidate rank fits (layer too small for these ratios)"
-            continue
-        units.append(Unit(name, cands, _svd_overrides(layer, scheme, (moments or {}).get(name), len(cands)), rc.before,
-                          (layer.node.inputs[1].name,)))
-    return units, skipped
-
-
-def _tar_rank(errors: np.ndarray, level: float, rc: RankCost) -> int:
-    """Smallest rank whose relative error is at most `level` (0 when past break-even)."""
-    rank = int(np.argmax(errors <= level + 1e-12))
-    return rank if 1 <= rank <= rc.max_rank else 0
-
-
-def _svd_overrides(layer: Layer, scheme: str, cov: np.ndarray | None = None, n_candidates: int = 1):
-    """Candidate -> the layer's same-shaped low-rank weight. The layer is factored once and
-    truncated per candidate; the factors are let go after `n_candidates` calls (the
-    dictionary asks for each candidate once), so at most a few layers' factors are held."""
-    name = layer.node.inputs[1].name
-    factors: dict = {}
-    calls = [0]
-
-    def overrides(c: Candidate) -> dict[str, np.ndarray]:
-        weight = svd.low_rank_weight(layer, scheme, c.size, cov, factors)
-        calls[0] += 1
-        if calls[0] % max(1, n_candidates) == 0:
-            factors.clear()
-        return {name: weight}
-
-    return overrides
-
-
-def _initializer_names(proto: onnx.ModelProto) -> set[str]:
-    return {t.name for t in proto.graph.initializer}
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -186,7 +97,7 @@ def build_dictionary(proto: onnx.ModelProto, units: list[Unit], eval_callback, i
 
     def run(task):
         unit, cand = task
-        overrides = unit.overrides(cand)
+        overrides = unit.preview(cand)
 
         def full():
             return swapper.session(overrides)

@@ -23,37 +23,20 @@ from fractions import Fraction
 import numpy as np
 import onnx
 
-from . import data as data_mod
-from . import ir, layers, runtime
-from . import progress as progress_mod
-from .errors import DataError, ParameterError
-from .stats import LayerStats, SkippedLayer
-from .transforms import depgraph, reconstruct, svd
+
+from ... import ir, layers
+from ... import progress as progress_mod
+from ...errors import ParameterError
+from ...stats import LayerStats, SkippedLayer
+from ...cost import kept_count
+from ...options import Settings
+from .. import patches as patches_mod
+from ..svd import factor as svd
+from . import depgraph, lstsq, select as criteria
 
 log = logging.getLogger(__name__)
 
-SELECTIONS = tuple(reconstruct.SELECTORS)
-
-
-@dataclass(frozen=True)
-class PruneSettings:
-    """How channel pruning samples, selects and refits.
-
-    data: calibration data (.npz path, dict of arrays, iterable of feed dicts, or a
-    CalibrationDataReader). num_reconstruction_samples: positions sampled per layer, in
-    total over the calibration batches. selection: "greedy" or "magnitude".
-    """
-
-    data: object
-    num_reconstruction_samples: int = 2000
-    allow_custom_downsample_ops: bool = False
-    selection: str = "magnitude"
-    reconstruct: bool = True
-    seed: int = 0
-    use_cuda: bool = False
-    reference: object = None  # ModelProto whose layer outputs are the refit targets (default: the input)
-    data_aware: bool = True  # SVD schemes: whiten by the inputs' second moment
-    svd_refit: bool = False  # weight SVD of Gemm/MatMul: sequential least-squares refit (refit.py)
+SELECTIONS = tuple(criteria.SELECTORS)
 
 
 def check_layer(layer: layers.Layer) -> str | None:
@@ -83,88 +66,14 @@ def lock_census(analysis: layers.Analysis) -> dict:
             "locked_fraction": len(locked) / len(groups) if groups else 0.0, "reasons": dict(reasons)}
 
 
-def load_batches(settings: PruneSettings, proto: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
-    """Calibration feeds adapted to the model's inputs as declared (data.model_feeds: batch
-    axes, scalars, a static batch, dtypes; DataError when they do not fit)."""
-    if settings.data is None:
-        raise DataError("channel pruning needs calibration data (data_loader / --data)")
-    specs = data_mod.model_inputs(proto)
-    feeds = []
-    for feed in data_mod.model_feeds(settings.data, specs, where="calibration data"):
-        feeds.append({k: feed[k] for k in specs})
-    if not feeds:
-        raise DataError("calibration data is empty")
-    return feeds
-
-
-# ---------------------------------------------------------------------------- sampling
-class Sampler:
-    """Runs the original and the current model on calibration batches, with the tensors a
-    layer needs exposed as outputs; caches the original model's activations."""
-
-    def __init__(self, original: onnx.ModelProto, feeds, settings: PruneSettings):
-        self.original = original
-        self.feeds = feeds
-        self.settings = settings
-        self._orig_cache: dict[str, list[np.ndarray]] = {}
-        self.reference = settings.reference
-        self._ref_names = _tensor_names(settings.reference) if settings.reference is not None else set()
-        self._ref_cache: dict[str, list[np.ndarray]] = {}
-
-    def target_tensor(self, name: str) -> list[np.ndarray]:
-        """A layer output to refit toward: from the reference model when it has the tensor
-        (e.g. the uncompressed model before an SVD step), else from the input model."""
-        if name in self._ref_names:
-            self._fill(self._ref_cache, self.reference, [name])
-            return self._ref_cache[name]
-        return self.original_tensor(name)
-
-    def prefetch(self, names) -> None:
-        """Compute the original model's tensors `names` in one pass over the batches."""
-        self._fill(self._orig_cache, self.original, names)
-
-    def original_tensor(self, name: str) -> list[np.ndarray]:
-        self._fill(self._orig_cache, self.original, [name])
-        return self._orig_cache[name]
-
-    def current_tensor(self, model: onnx.ModelProto, name: str) -> list[np.ndarray]:
-        if model is self.original:
-            return self.original_tensor(name)
-        return self._run(model, [name])[name]
-
-    def _fill(self, cache: dict, model: onnx.ModelProto, names) -> None:
-        missing = [n for n in dict.fromkeys(names) if n not in cache]
-        if missing:
-            cache.update(self._run(model, missing))
-
-    def _run(self, model: onnx.ModelProto, names: list[str]) -> dict[str, list[np.ndarray]]:
-        """Tensors `names` of `model` on every batch, from one session and one run per batch."""
-        sess = runtime.session(model, self.settings.use_cuda, extra_outputs=names)
-        runs = []
-        for i, feed in enumerate(self.feeds):
-            progress_mod.update("sampling activations", i, len(self.feeds))
-            runs.append(sess.run(names, feed))
-        progress_mod.update("sampling activations", len(self.feeds), len(self.feeds))
-        return {name: [r[k] for r in runs] for k, name in enumerate(names)}
-
-
-def _tensor_names(model: onnx.ModelProto) -> set[str]:
-    return {o for n in model.graph.node for o in n.output}
-
-
-def positions_per_batch(total: int, batches: int) -> list[int]:
-    base, extra = divmod(total, batches)
-    return [base + (1 if i < extra else 0) for i in range(batches)]
-
-
 def _layer_patches(layer: layers.Layer, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """(n, C, K) input patches of `layer` at output `positions`."""
     if layer.op == "Conv":
         nd = layer.weight.ndim - 2
-        return reconstruct.conv_patches(
+        return patches_mod.conv_patches(
             x, positions, layer.kernel, layer.attrs.get("strides", [1] * nd),
             svd.explicit_pads(layer), layer.attrs.get("dilations", [1] * nd))
-    return reconstruct.matmul_rows(x, positions)
+    return patches_mod.matmul_rows(x, positions)
 
 
 def layer_weight(layer: layers.Layer) -> np.ndarray:
@@ -185,7 +94,7 @@ def root_view(arr: np.ndarray, index: np.ndarray) -> np.ndarray:
     return out.reshape(arr.shape[0], index.shape[0], -1)
 
 
-def select_kept(group: depgraph.ChannelGroup, selection: str, patches_view, weight_view: np.ndarray, keep: int,
+def select_kept(group: depgraph.ChannelGroup, selection, patches_view, weight_view: np.ndarray, keep: int,
                 locked: np.ndarray | None, multiplicity: int = 1) -> np.ndarray:
     """The roots to keep: `selection`'s choice of `keep`, with every tensor of the group
     left at least one channel (`group.exhaustible`: a narrow Concat segment must not lose
@@ -201,7 +110,7 @@ def select_kept(group: depgraph.ChannelGroup, selection: str, patches_view, weig
     if multiplicity > 1 and int(locked.sum()) + sum(min(multiplicity, len(r)) for r in sets) <= keep:
         floor = multiplicity
     norms = np.abs(weight_view).sum(axis=(0, 2), dtype=np.float64)
-    select = reconstruct.SELECTORS[selection]
+    select = criteria.selector(selection)
     while True:
         kept = select(patches_view, weight_view, max(keep, int(locked.sum())), locked)
         mask = np.zeros(group.size, dtype=bool)
@@ -214,19 +123,19 @@ def select_kept(group: depgraph.ChannelGroup, selection: str, patches_view, weig
             locked[order[:min(floor, len(roots))]] = True
 
 
-def sample_layer(sampler: Sampler, model: onnx.ModelProto, layer: layers.Layer, rng, n_total: int,
+def sample_layer(sampler, model: onnx.ModelProto, layer: layers.Layer, rng, n_total: int,
                  with_targets: bool, orig_layer_out: str, out_keep: np.ndarray | None):
     """Patches (n, C, K) of `layer`'s input in `model`, and the original layer's outputs
     (n, n_out) at the same positions (restricted to `out_keep` channels), or None."""
     xs = sampler.current_tensor(model, layer.node.inputs[0].name)
     ys = sampler.target_tensor(orig_layer_out) if with_targets else None
-    counts = positions_per_batch(n_total, len(xs))
+    counts = patches_mod.positions_per_batch(n_total, len(xs))
     patches, targets = [], []
     for i, (x, n) in enumerate(zip(xs, counts)):
         if n == 0:
             continue
         out_shape = ys[i].shape if ys is not None else _out_shape(layer, x)
-        pos = reconstruct.distinct_positions(rng, out_shape, n, matmul=layer.op != "Conv")
+        pos = patches_mod.distinct_positions(rng, out_shape, n, matmul=layer.op != "Conv")
         patches.append(_layer_patches(layer, x, pos))
         if ys is not None:
             y = ys[i]
@@ -253,19 +162,17 @@ class _State:
     pruned_with: dict[str, str]  # layer name -> root of the group that pruned its inputs
 
 
-def prune(proto: onnx.ModelProto, ratios: dict[str, Fraction], settings: PruneSettings,
-          input_dims, multiplicity: int, named: bool = True, progress=None) -> tuple[onnx.ModelProto, list[LayerStats], list[SkippedLayer]]:
+def prune(proto: onnx.ModelProto, ratios: dict[str, Fraction], settings: Settings,
+          input_dims, multiplicity: int, named: bool = True, progress=None, *, activations) -> tuple[onnx.ModelProto, list[LayerStats], list[SkippedLayer]]:
     """Prune the input channels of the layers in `ratios` (layer name -> ratio), in graph order.
 
     `named`: the user named these layers (a ratio that cannot apply is an error) rather than
     asking for one ratio everywhere (such layers are skipped with the reason).
     """
-    if settings.selection not in reconstruct.SELECTORS:
-        raise ParameterError(f"channel selection must be one of {SELECTIONS}, got {settings.selection!r}")
+    criteria.check_selection(settings.selection)
     if settings.num_reconstruction_samples < 1:
         raise ParameterError(f"num_reconstruction_samples must be >= 1, got {settings.num_reconstruction_samples}")
-    feeds = load_batches(settings, proto)
-    sampler = Sampler(proto, feeds, settings)
+    sampler = activations.sampler(proto, settings)
     rng = np.random.default_rng(settings.seed)
     state = _State(model=proto, out_keep={}, pruned_with={})
     first = layers.analyze(proto, input_dims)
@@ -285,7 +192,7 @@ def prune(proto: onnx.ModelProto, ratios: dict[str, Fraction], settings: PruneSe
     return state.model, stats, skipped
 
 
-def _prune_one(state: _State, sampler: Sampler, name: str, ratio: Fraction, settings: PruneSettings,
+def _prune_one(state: _State, sampler, name: str, ratio: Fraction, settings: Settings,
                input_dims, multiplicity: int, rng, named: bool):
     analysis = layers.analyze(state.model, input_dims)
     layer = analysis.find(name)
@@ -303,7 +210,7 @@ def _prune_one(state: _State, sampler: Sampler, name: str, ratio: Fraction, sett
         if named:
             raise ParameterError(f"layer '{name}': {why}")
         return SkippedLayer(name, layer.op, why)
-    keep = reconstruct.kept_count(size, ratio, multiplicity)
+    keep = kept_count(size, ratio, multiplicity)
     note = ""
     gather = settings.allow_custom_downsample_ops and n_locked > 0
     if keep < n_locked and not gather:
@@ -405,7 +312,7 @@ def _n_out(layer: layers.Layer) -> int:
     return layer.weight.shape[0] if layer.op == "Conv" else layer.matrix_shape()[1]
 
 
-def _refit(state: _State, sampler: Sampler, name: str, settings: PruneSettings, input_dims, rng) -> bool:
+def _refit(state: _State, sampler, name: str, settings: Settings, input_dims, rng) -> bool:
     """Least-squares refit of layer `name`'s weight (and bias) on the current model."""
     analysis = layers.analyze(state.model, input_dims)
     layer = analysis.find(name)
@@ -418,7 +325,7 @@ def _refit(state: _State, sampler: Sampler, name: str, settings: PruneSettings, 
         log.warning("layer '%s': its calibration inputs or outputs hold NaN or Inf values; not refit", name)
         return False
     w0 = layer_weight(layer).astype(np.float64)
-    w, bias_fit, _alpha = reconstruct.reconstruct_toward(patches, targets, w0, fit_bias, seed=settings.seed)
+    w, bias_fit, _alpha = lstsq.reconstruct_toward(patches, targets, w0, fit_bias, seed=settings.seed)
     dtype = layer.weight.dtype
     underdetermined = len(patches) < w0[0].size + int(fit_bias)
     taken = ir.all_names(analysis.graph)

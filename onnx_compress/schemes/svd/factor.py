@@ -20,11 +20,11 @@ import math
 
 import numpy as np
 
-from .. import blas
-from ..cost import RankCost
-from ..errors import ShapeError
-from ..ir import NodeSpec
-from ..layers import Layer
+from ... import blas
+from ...cost import RankCost
+from ...errors import ShapeError
+from ...ir import NodeSpec
+from ...layers import Layer
 
 
 def truncated_svd(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -300,7 +300,7 @@ def relative_errors(layer: Layer, scheme: str) -> np.ndarray:
 def moment_kernel(layer: Layer, scheme: str) -> tuple | None:
     """How to sample the inputs whose second moment data-aware SVD needs.
 
-    Returns (kernel, strides, pads, dilations) for `reconstruct.conv_patches` on the
+    Returns (kernel, strides, pads, dilations) for `patches.conv_patches` on the
     layer's input: one input-channel vector per position for weight SVD of a conv, the
     vertical (kh x 1) patches of spatial SVD; None for Gemm/MatMul (input rows).
     """

@@ -1,0 +1,100 @@
+"""Calibration data and activation sampling: the service the schemes reach through the
+small `schemes.base.Activations` protocol (they never import onnxruntime themselves).
+
+`Activations(settings).sampler(model)` loads the calibration feeds adapted to `model`'s
+inputs and returns a `Sampler` that runs the model (and the current, partly compressed
+one) with the tensors a layer needs exposed as outputs, caching the original's.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .. import data as data_mod
+from .. import progress as progress_mod
+from ..errors import DataError
+from ..options import Settings
+from . import sessions as runtime
+
+
+class Activations:
+    """The calibration service: one per step, handed to the scheme."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def feeds(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+        return load_batches(self.settings, model)
+
+    def sampler(self, model: onnx.ModelProto, settings: Settings | None = None) -> "Sampler":
+        settings = settings or self.settings
+        return Sampler(model, load_batches(settings, model), settings)
+
+
+def load_batches(settings: Settings, proto: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds adapted to the model's inputs as declared (data.model_feeds: batch
+    axes, scalars, a static batch, dtypes; DataError when they do not fit)."""
+    if settings.data is None:
+        raise DataError("channel pruning needs calibration data (data_loader / --data)")
+    specs = data_mod.model_inputs(proto)
+    feeds = []
+    for feed in data_mod.model_feeds(settings.data, specs, where="calibration data"):
+        feeds.append({k: feed[k] for k in specs})
+    if not feeds:
+        raise DataError("calibration data is empty")
+    return feeds
+
+
+
+class Sampler:
+    """Runs the original and the current model on calibration batches, with the tensors a
+    layer needs exposed as outputs; caches the original model's activations."""
+
+    def __init__(self, original: onnx.ModelProto, feeds, settings: Settings):
+        self.original = original
+        self.feeds = feeds
+        self.settings = settings
+        self._orig_cache: dict[str, list[np.ndarray]] = {}
+        self.reference = settings.reference
+        self._ref_names = _tensor_names(settings.reference) if settings.reference is not None else set()
+        self._ref_cache: dict[str, list[np.ndarray]] = {}
+
+    def target_tensor(self, name: str) -> list[np.ndarray]:
+        """A layer output to refit toward: from the reference model when it has the tensor
+        (e.g. the uncompressed model before an SVD step), else from the input model."""
+        if name in self._ref_names:
+            self._fill(self._ref_cache, self.reference, [name])
+            return self._ref_cache[name]
+        return self.original_tensor(name)
+
+    def prefetch(self, names) -> None:
+        """Compute the original model's tensors `names` in one pass over the batches."""
+        self._fill(self._orig_cache, self.original, names)
+
+    def original_tensor(self, name: str) -> list[np.ndarray]:
+        self._fill(self._orig_cache, self.original, [name])
+        return self._orig_cache[name]
+
+    def current_tensor(self, model: onnx.ModelProto, name: str) -> list[np.ndarray]:
+        if model is self.original:
+            return self.original_tensor(name)
+        return self._run(model, [name])[name]
+
+    def _fill(self, cache: dict, model: onnx.ModelProto, names) -> None:
+        missing = [n for n in dict.fromkeys(names) if n not in cache]
+        if missing:
+            cache.update(self._run(model, missing))
+
+    def _run(self, model: onnx.ModelProto, names: list[str]) -> dict[str, list[np.ndarray]]:
+        """Tensors `names` of `model` on every batch, from one session and one run per batch."""
+        sess = runtime.session(model, self.settings.use_cuda, extra_outputs=names)
+        runs = []
+        for i, feed in enumerate(self.feeds):
+            progress_mod.update("sampling activations", i, len(self.feeds))
+            runs.append(sess.run(names, feed))
+        progress_mod.update("sampling activations", len(self.feeds), len(self.feeds))
+        return {name: [r[k] for r in runs] for k, name in enumerate(names)}
+
+
+def _tensor_names(model: onnx.ModelProto) -> set[str]:
+    return {o for n in model.graph.node for o in n.output}

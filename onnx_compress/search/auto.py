@@ -1,0 +1,378 @@
+"""Auto mode: from a cost target to the compressed model, for any registered scheme.
+
+`run(job, model, analysis, settings, where)`: the layers (config_list / modules_to_ignore),
+fixed ratios first, the scheme's units with candidate sizes, a dry run, the reach check,
+latency timing (optional), the eval-score dictionary (built or loaded), the selection with
+its finalists (`finalists`), and the statistics. The API validated every option before.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+import onnx
+
+from .. import layers, runtime
+from ..errors import CompressionError, LayerError, ParameterError, ShapeError
+from ..options import Settings
+from ..runtime.activations import Activations
+from ..schemes import Context, Scheme
+from ..stats import CompressionStats, SkippedLayer, per_layer_rows
+from . import config as config_mod
+from . import dictionary, finalists, latency, scores_io
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Eval:
+    """The user's scorer: eval_callback(session, iterations, use_cuda) -> float."""
+
+    callback: Callable
+    iterations: int | None
+    use_cuda: bool
+
+    def score(self, model: onnx.ModelProto) -> float:
+        return runtime.evaluate(model, self.callback, self.iterations, self.use_cuda)
+
+    @property
+    def triple(self) -> tuple:
+        return self.callback, self.iterations, self.use_cuda
+
+
+@dataclass(frozen=True)
+class Job:
+    """An auto-mode run, validated by the API."""
+
+    scheme: Scheme
+    target: Fraction
+    metric: str
+    eval: Eval
+    multiplicity: int
+    keys: list[float]
+    use_monotonic_fit: bool = False
+    method: str = "knapsack"
+    rank_select: str = "greedy"
+    modules_to_ignore: object = None
+    config_list: object = None
+    saved_eval_scores_dict: object = None
+    scores_out: object = None
+    workers: int = 1
+    trainer: object = None
+    progress: Callable | None = None
+    verify_finalists: bool = True
+    timer: latency.Timer | None = None
+    allow_slower_splits: bool | None = None
+    report: str | None = None
+    parameters: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def grid(self) -> str:
+        """Candidates (and fixed ratios) are on the MAC grid under the latency metric."""
+        return "mac" if self.metric == "latency" else self.metric
+
+
+def candidate_keys(rank_select: str, candidates: int) -> list[float]:
+    return dictionary.tar_levels(candidates) if rank_select == "tar" else dictionary.candidate_keys(candidates)
+
+
+def latency_timer(metric, batch_size, allow_slower_splits, repeats, use_cuda):
+    """A latency timer when auto mode times layers (latency metric or the slower-split check)."""
+    batch_size = latency.check_batch_size(batch_size)
+    if allow_slower_splits not in (None, True, False):
+        raise ParameterError(f"allow_slower_splits must be None, True or False, got {allow_slower_splits!r}")
+    if metric != "latency" and allow_slower_splits is not False:
+        if batch_size is not None:
+            log.warning("latency_batch_size has no effect: nothing is timed unless cost_metric='latency' "
+                        "or allow_slower_splits=False")
+        return None
+    return latency.Timer(batch_size=batch_size or 0, use_cuda=use_cuda, repeats=repeats)
+
+
+@dataclass
+class _Run:
+    """What the steps of one run share."""
+
+    job: Job
+    proto: onnx.ModelProto
+    first: layers.Analysis
+    ctx: Context
+    where: str
+    skipped: list = dataclasses.field(default_factory=list)
+    layer_stats: list = dataclasses.field(default_factory=list)
+
+    @property
+    def dims(self):
+        return self.ctx.dims
+
+
+def run(job: Job, proto: onnx.ModelProto, first: layers.Analysis, settings: Settings | None,
+        where: str) -> tuple[onnx.ModelProto, CompressionStats]:
+    """Auto mode on `proto` (analysed as `first`); returns the model and its statistics."""
+    scheme = job.scheme
+    activations = Activations(settings) if settings is not None else None
+    ctx = Context(job.grid, job.multiplicity, first.input_dims, settings, activations, job.rank_select)
+    r = _Run(job, proto, first, ctx, where)
+    resolution = _resolve(r)
+    current = proto
+    if resolution.fixed:
+        step = scheme.apply(current, dict(resolution.fixed), ctx)
+        current = step.model
+        r.layer_stats += step.layers
+        r.skipped += step.skipped
+    analysis = layers.analyze(current, r.dims)
+    units, left = scheme.units(current, analysis, list(resolution.auto), job.keys, ctx)
+    r.skipped += [SkippedLayer(n, analysis.find(n).op, why) for n, why in left.items()]
+    if not units and not resolution.fixed:
+        raise LayerError(f"no layer of {where} can be compressed by {scheme.name}: "
+                         f"{reasons([(k.name, k.reason) for k in dedupe(r.skipped) if k.reason])}")
+    _dry_run(r, current, analysis, list(resolution.auto))
+    total = first.total(job.grid)
+    if scheme.exact_costs and job.metric != "latency":  # exact unit costs: refuse before any evaluation
+        _check_reach(units, analysis.total(job.grid), total, job.target, job.grid, r.skipped)
+    timed = _time_units(r, current, units, analysis)
+    if timed is not None:
+        units = timed.units
+    scores = _dictionary(r, current, units)
+    current_total = analysis.total(job.grid)
+    measure = None
+    if job.metric == "latency":
+        total, current_total = timed.total, timed.current_total
+        measure = _latency_measure(scheme, current, r.dims, job.timer)
+    problem = finalists.Problem(units, scores, current, current_total, total, job.target, job.method,
+                                job.use_monotonic_fit, _costs(current, r.dims, job.grid), scheme.exact_costs)
+    chosen, out = _select(r, problem, current, measure, timed)
+    return out, _stats(r, out, chosen, scores, resolution, total, timed, measure, analysis)
+
+
+def _resolve(r: _Run):
+    scheme, first = r.job.scheme, r.first
+    eligible = [l for l in first.compressible if scheme.check(l) is None]
+    if not eligible:
+        _no_layer(r)
+    resolution = config_mod.resolve(eligible, r.job.config_list, r.job.modules_to_ignore)
+    r.skipped += [SkippedLayer(l.name, l.op, l.reason) for l in first.layers if l.reason]
+    r.skipped += [SkippedLayer(l.name, l.op, scheme.check(l)) for l in first.compressible if scheme.check(l)]
+    r.skipped += [SkippedLayer(n, first.find(n).op, why) for n, why in resolution.excluded.items()]
+    return resolution
+
+
+def _no_layer(r: _Run) -> None:
+    why: dict[str, str] = {l.name: l.reason for l in r.first.layers if l.reason}
+    for layer in r.first.compressible:
+        why.setdefault(layer.name, r.job.scheme.check(layer))
+    raise LayerError(f"no layer of {r.where} can be compressed by {r.job.scheme.name}: {reasons(list(why.items()))}")
+
+
+def _costs(model: onnx.ModelProto, dims, metric: str):
+    """Layer -> cost of `model` under `metric`, computed when first asked."""
+    cache: dict = {}
+
+    def costs() -> dict[str, int]:
+        if not cache:
+            analysis = layers.analyze(model, dims)
+            cache.update({l.name: layers.cost_of(l, metric) for l in analysis.compressible})
+        return cache
+
+    return costs
+
+
+def _dry_run(r: _Run, model, analysis, names: list[str]) -> None:
+    """Rewrite the layers `names` of a copy at ratio 0.5 (the scheme's quick settings) and
+    check the result, before the eval-score dictionary is paid for: a model that the rewrite
+    cannot write validly fails in seconds, not after every evaluation. Per-layer refusals
+    are left to the search, which reports them."""
+    if not names:
+        return
+    others = {layer.name: "not in this run" for layer in analysis.compressible if layer.name not in set(names)}
+    quick = r.job.scheme.quick(r.ctx.settings)
+    ctx = dataclasses.replace(r.ctx, settings=quick,
+                              activations=Activations(quick) if quick is not None and quick.data is not None else None)
+    try:
+        r.job.scheme.apply(model, 0.5, ctx, others)
+    except CompressionError as exc:
+        log.debug("dry run: %s", exc)
+
+
+def _check_reach(units, current_total: int, total: int, target_q, metric: str, skipped) -> None:
+    """ParameterError, before the eval-score dictionary is paid for, when every unit at its
+    cheapest candidate still leaves the model above the target (exact unit costs)."""
+    fixed = current_total - sum(u.base_cost for u in units)
+    cheapest = fixed + sum(min(c.cost for c in u.candidates) for u in units)
+    allowed = (target_q.numerator * int(total)) // target_q.denominator
+    if cheapest > allowed:
+        raise ParameterError(
+            f"target {float(target_q):g} cannot be reached: the smallest achievable {metric} ratio is "
+            f"{cheapest / total:.4f} (every selected layer at its cheapest candidate){left_out(units, skipped)}")
+
+
+def _time_units(r: _Run, current, units, analysis):
+    job = r.job
+    if job.timer is None:
+        return None
+    timer = job.timer
+    timer.batch_size = timer.batch_size or (next(iter(r.dims.values()))[0] if r.dims else 1)
+    timed = latency.prepare(r.proto, current, r.dims, units, job.scheme, job.metric, timer,
+                            allow_slower=job.allow_slower_splits is True)
+    r.skipped += [SkippedLayer(n, analysis.find(n).op, why) for n, why in timed.gone.items()]
+    return timed
+
+
+def _dictionary(r: _Run, current, units):
+    """The eval-score dictionary: loaded from a saved table that matches, else built."""
+    job = r.job
+    digest = scores_io.model_digest(current.SerializeToString())
+    scheme_key = job.scheme.table_key(r.ctx)
+    if job.saved_eval_scores_dict is not None:
+        table = scores_io.load(job.saved_eval_scores_dict)
+        scores_io.check_matches(table, digest, scheme_key, job.grid, job.keys, [u.name for u in units])
+        scores = dictionary.from_table(table)
+        scores.loaded_from = str(job.saved_eval_scores_dict)
+    else:
+        scores = dictionary.build_dictionary(current, units, job.eval.callback, job.eval.iterations,
+                                             job.eval.use_cuda, workers=job.workers, progress=job.progress)
+    if job.scores_out is not None:
+        scores_io.save(dictionary.to_table(scores, digest, scheme_key, job.grid, job.keys), job.scores_out)
+    return scores
+
+
+def _latency_measure(scheme: Scheme, current, dims, timer):
+    """The achieved cost under the latency metric: with exact unit costs, the selection's own
+    sum (each candidate as measured); otherwise the built model's layers timed (savings
+    elsewhere included), each relative to the same layer of `current`."""
+    if scheme.exact_costs:
+        return lambda out, chosen: chosen.cost
+    reference = latency.layer_variants(current, dims, timer.batch_size)
+    return lambda out, chosen: latency.model_total(out, dims, timer, reference)[0]
+
+
+def _select(r: _Run, problem: finalists.Problem, current, measure, timed):
+    job = r.job
+    by_unit = {u.name: u for u in problem.units}
+
+    def build(sel):
+        """(out, layer stats, skipped) of the model with selection `sel` applied."""
+        ratios = {u: _ratio_of(by_unit[u], opt.ratio) for u, opt in sel.choices.items() if opt.ratio != 1.0}
+        return _final(r, current, ratios)
+
+    def achieved(out, sel) -> Fraction:
+        """The built model's cost ratio, as measured."""
+        return Fraction(measure(out, sel) if measure else layers.analyze(out, r.dims).total(job.grid), problem.total)
+
+    exact = timed.estimator() if measure is not None and not job.scheme.exact_costs else None
+    tries = 4 if not job.scheme.exact_costs and job.trainer is None else 1
+    try:
+        chosen, out, step_stats, more = finalists.select_and_apply(
+            problem, build, achieved, verify=job.eval.triple if job.verify_finalists else None, exact=exact,
+            tries=tries, measured=measure is not None)
+    except ParameterError as exc:
+        if "cannot be reached" not in str(exc):
+            raise
+        raise ParameterError(f"{exc}{left_out(problem.units, r.skipped)}") from None
+    r.layer_stats += step_stats
+    r.skipped += more
+    return chosen, out
+
+
+def _ratio_of(unit, key: float) -> Fraction:
+    """The manual ratio that reproduces a unit's chosen candidate exactly."""
+    return next(c.ratio for c in unit.candidates if c.key == key)
+
+
+def _final(r: _Run, proto, ratios):
+    """Apply the chosen ratios; with a trainer, one layer at a time, training after each."""
+    scheme, trainer = r.job.scheme, r.job.trainer
+    if trainer is None or not ratios:
+        step = scheme.apply(proto, ratios, r.ctx)
+        return step.model, step.layers, step.skipped
+    current, stats, skipped = proto, [], []
+    for layer_name, ratio in ratios.items():
+        step = scheme.apply(current, {layer_name: ratio}, r.ctx)
+        stats += step.layers
+        skipped += step.skipped
+        updated = trainer.train_model(step.model, layer_name, train_flag=True)
+        if not isinstance(updated, onnx.ModelProto):
+            raise ParameterError(f"trainer.train_model must return an onnx.ModelProto, got {type(updated).__name__}")
+        current = updated
+    return current, stats, skipped
+
+
+def _stats(r: _Run, out, chosen, scores, resolution, total, timed, measure, analysis) -> CompressionStats:
+    job = r.job
+    final = job.eval.score(out)
+    after = layers.analyze(out, r.dims)
+    selection_info = {
+        "method": job.method, "rank_select": job.rank_select, "target": float(job.target), "candidates": job.keys,
+        "baseline": scores.baseline,
+        "scores": {u: {scores_io.format_ratio(k): v for k, v in s.items()} for u, s in scores.scores.items()},
+        "chosen": {u: opt.ratio for u, opt in chosen.choices.items()},
+        "expected_score": chosen.expected_score, "evaluations": scores.evaluations,
+        "dictionary_seconds": scores.seconds, "eval_seconds": scores.eval_seconds,
+        "session_seconds": scores.session_seconds, "loaded_from": scores.loaded_from,
+        "fixed": dict(resolution.fixed), "verified": list(scores.verified),
+    }
+    skipped = dedupe(r.skipped)
+    return CompressionStats(
+        scheme=job.scheme.name, cost_metric=job.metric, mac_before=_total(r.first, "mac"),
+        mac_after=_total(after, "mac"), memory_before=r.first.total("memory"), memory_after=after.total("memory"),
+        layers=tuple(r.layer_stats), skipped=tuple(skipped), baseline_score=scores.baseline, final_score=final,
+        input_dims=dict(r.dims), selection=selection_info,
+        per_layer=per_layer_rows(r.first, after, r.layer_stats, skipped), parameters=job.parameters,
+        latency=_latency_summary(timed, r.proto, out, r.dims, chosen, total, measure, job.allow_slower_splits is True),
+        channel_groups=job.scheme.census(analysis),
+    )
+
+
+def _latency_summary(timed, proto, out, dims, chosen, total, measure, allow_slower):
+    """The statistics' latency section: per-layer sums (latency metric) and end to end."""
+    if timed is None:
+        return None
+    after = measure(out, chosen) if measure is not None else None
+    model = latency.end_to_end([proto, out], dims, timed.timer)
+    return latency.summary(timed.timer, timed.lat, timed.dropped, total if measure else None, after, model,
+                           allow_slower=allow_slower)
+
+
+def _total(analysis: layers.Analysis, metric: str) -> int | None:
+    try:
+        return analysis.total(metric)
+    except ShapeError:  # MACs unknown for some layer: totals only where measurable
+        return None
+
+
+def dedupe(skipped: list[SkippedLayer]) -> list[SkippedLayer]:
+    seen, out = set(), []
+    for s in skipped:
+        if s.name not in seen:
+            seen.add(s.name)
+            out.append(s)
+    return out
+
+
+def reasons(items: list[tuple[str, str]]) -> str:
+    """'name': reason (+k more; by reason: r (n), ...) for a one-line error."""
+    if not items:
+        return f"it has no {', '.join(layers.LAYER_OPS[:-1])} or {layers.LAYER_OPS[-1]} layer"
+    name, reason = items[0]
+    if len(items) == 1:
+        return f"'{name}': {reason}"
+    counts = Counter(r.split(":")[0][:70] for _, r in items)
+    return (f"'{name}': {reason} (+{len(items) - 1} more; by reason: "
+            + ", ".join(f"{k} ({n})" for k, n in counts.most_common(3)) + ")")
+
+
+def left_out(units, skipped) -> str:
+    """'; N layers selected, the rest left out: 'name': reason (+k more: reason (n), ...)'."""
+    text = f"; {len(units)} layer{'s' if len(units) != 1 else ''} or group{'s' if len(units) != 1 else ''} selectable"
+    gone = [s for s in skipped if s.reason]
+    if not gone:
+        return text
+    counts = Counter(s.reason.split(":")[0][:70] for s in gone)
+    first = gone[0]
+    more = "" if len(gone) == 1 else (f" (+{len(gone) - 1} more; by reason: "
+                                       + ", ".join(f"{k} ({n})" for k, n in counts.most_common(3)) + ")")
+    return f"{text}, left out: '{first.name}': {first.reason}{more}"
