@@ -17,7 +17,7 @@ import onnx
 from . import cost, files, ir, layers, runtime
 from . import data as data_mod
 from .errors import CompressionError, LayerError, ParameterError, ShapeError
-from .options import Settings
+from .options import Calibration, Latency, Search, Settings, as_flat, gather, refuse_unknown
 from .runtime.activations import Activations
 from .schemes import SCHEMES, Context, Scheme
 from .schemes import get as get_scheme
@@ -34,10 +34,8 @@ SCHEME_NAMES = ("weight_svd", "spatial_svd", "channel_pruning")  # the built-in 
 def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
              cost_metric: str = "mac", multiplicity: int | str = 1, input_shape=None,
              eval_callback: Callable | None = None, eval_iterations: int | None = None,
-             use_cuda: bool = False, data=None, num_reconstruction_samples: int = 2000,
-             allow_custom_downsample_ops: bool = False, selection: str = "magnitude",
-             reconstruct: bool = True, seed: int = 0, data_aware: bool = True, svd_refit: bool = False,
-             modules_to_ignore=None, visualization=None) -> tuple[onnx.ModelProto, CompressionStats]:
+             use_cuda: bool = False, data=None, calibration: Calibration | None = None,
+             modules_to_ignore=None, visualization=None, **options) -> tuple[onnx.ModelProto, CompressionStats]:
     """Compress `model` with `scheme` at manually chosen per-layer ratios.
 
     model: path or ModelProto (not modified). scheme: "weight_svd", "spatial_svd",
@@ -53,20 +51,23 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     a list of tuples in input order, or {input name: tuple}.
     eval_callback(session, iterations, use_cuda) -> float scores the model before and
     after (optional).
-    Channel pruning: data (calibration .npz path, dict of arrays, iterable of feed dicts
-    or CalibrationDataReader), num_reconstruction_samples (per layer), selection
-    ("magnitude", the default, or "greedy" least squares), reconstruct (least-squares refit), seed.
-    SVD schemes with `data`: data-aware factors (whitened by the second moment of each
-    layer's sampled inputs), unless `data_aware=False`; without data, plain SVD.
-    `svd_refit` (weight SVD of Gemm/MatMul, with data): then refit each split's second
-    factor by least squares, in graph order, so its outputs on the compressed model's
-    inputs match the original layer's (corrects errors passed down by earlier splits).
+    data: calibration data (an .npz path, dict of arrays, iterable of feed dicts or a
+    CalibrationDataReader): channel pruning needs it; with it, SVD factors are data-aware
+    (whitened by the second moment of each layer's sampled inputs).
+    calibration: `options.Calibration` (how the data is used: num_reconstruction_samples
+    per layer, selection "magnitude"/"greedy"/a callable criterion, reconstruct,
+    seed, allow_custom_downsample_ops, data_aware, svd_refit: weight SVD of Gemm/MatMul
+    then refits each split's second factor in graph order). Its fields are also accepted
+    as keywords (`num_reconstruction_samples=500`), one way or the other.
     modules_to_ignore: layer names never to compress (skipped with that reason when one
     ratio applies to all; naming one in `ratios` too is an error).
     visualization: path of an HTML report to write (see onnx_compress.report).
     Returns the compressed ModelProto and its statistics (achieved figures measured on it).
     """
-    parameters = describe_parameters(dict(locals(), function="compress"))
+    calibration = gather(Calibration, calibration, options, "compress", "calibration",
+                         allowed=set(Calibration.__dataclass_fields__) - {"reference_model"})
+    refuse_unknown(options, "compress")
+    parameters = describe_parameters(_recorded(locals(), "compress", calibration))
     report_path = _report_path(visualization)
     eval_callback = runtime.checked_callback(eval_callback)
     runtime.check_iterations(eval_iterations)
@@ -81,11 +82,7 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     multiplicity = resolve_multiplicity(multiplicity, use_cuda, parameters)
     settings = None
     if any(s.needs_data for s in steps) or data is not None:
-        settings = Settings(
-            data=data, num_reconstruction_samples=int(num_reconstruction_samples),
-            allow_custom_downsample_ops=allow_custom_downsample_ops, selection=_selection(selection),
-            reconstruct=bool(reconstruct), seed=int(seed), use_cuda=use_cuda, data_aware=bool(data_aware),
-            svd_refit=bool(svd_refit))
+        settings = _settings(data, calibration, use_cuda)
     _require_data(steps, data)
     proto = ir.load(model)
     first = layers.analyze(proto, input_shape, _data_shapes(data) if data is not None else None)
@@ -95,17 +92,8 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     if not any(isinstance(r, dict) for r in step_ratios):
         _require_eligible(first, steps, ignored, model)
     baseline = runtime.evaluate(proto, eval_callback, eval_iterations, use_cuda) if eval_callback else None
-    current, layer_stats, skipped, census = proto, [], [], None
-    for index, (step, ratio) in enumerate(zip(steps, step_ratios)):
-        log.info("%s: compressing", step.name)
-        census = step.census(first if index == 0 else layers.analyze(current, dims)) or census
-        step_settings = settings
-        if step.pipeline_reference and index > 0:  # refit toward the uncompressed model's outputs
-            step_settings = dataclasses.replace(settings, reference=proto)
-        result = step.apply(current, ratio, context(metric, multiplicity, dims, step_settings), ignored)
-        current = result.model
-        layer_stats += result.layers
-        skipped += result.skipped
+    current, layer_stats, skipped, census = _pipeline(proto, first, steps, step_ratios, metric, multiplicity,
+                                                      settings, ignored)
     names = "+".join(s.name for s in steps)
     if not layer_stats and any(s.reason != UNCHANGED for s in skipped):
         raise LayerError(f"no layer of {_where(model)} can be compressed by {names} at these "
@@ -125,10 +113,44 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     return current, stats
 
 
+def _pipeline(proto, first, steps: list[Scheme], step_ratios, metric, multiplicity, settings, ignored):
+    """Each step on the result of the one before: (model, layer stats, skipped, census)."""
+    current, layer_stats, skipped, census = proto, [], [], None
+    for index, (step, ratio) in enumerate(zip(steps, step_ratios)):
+        log.info("%s: compressing", step.name)
+        census = step.census(first if index == 0 else layers.analyze(current, first.input_dims)) or census
+        step_settings = settings
+        if step.pipeline_reference and index > 0:  # refit toward the uncompressed model's outputs
+            step_settings = dataclasses.replace(settings, reference=proto)
+        ctx = context(metric, multiplicity, first.input_dims, step_settings)
+        result = step.apply(current, ratio, ctx, ignored)
+        current = result.model
+        layer_stats += result.layers
+        skipped += result.skipped
+    return current, layer_stats, skipped, census
+
+
 def context(metric: str, multiplicity: int, dims, settings: Settings | None, rank_select: str = "greedy") -> Context:
     """A step's context, with the calibration service when there is data."""
     activations = Activations(settings) if settings is not None and settings.data is not None else None
     return Context(metric, multiplicity, dims, settings, activations, rank_select)
+
+
+def _settings(data, c: Calibration, use_cuda: bool, reference=None) -> Settings:
+    """The schemes' settings from the public options (checked here, trusted below)."""
+    return Settings(data=data, num_reconstruction_samples=int(c.num_reconstruction_samples),
+                    allow_custom_downsample_ops=c.allow_custom_downsample_ops, selection=_selection(c.selection),
+                    reconstruct=bool(c.reconstruct), seed=int(c.seed), use_cuda=use_cuda,
+                    data_aware=bool(c.data_aware), svd_refit=bool(c.svd_refit), reference=reference)
+
+
+def _recorded(values: dict, function: str, *groups) -> dict:
+    """A call's parameters as recorded in its statistics: the option groups' fields under
+    their keyword names, beside the direct parameters."""
+    out = {k: v for k, v in values.items() if k not in ("options", "calibration", "search", "latency")}
+    out.update(as_flat(*groups))
+    out["function"] = function
+    return out
 
 
 def _require_data(steps: list[Scheme], data) -> None:
@@ -302,17 +324,17 @@ def _pairs_to_dict(pairs) -> dict[str, float]:
 
 # ------------------------------------------------------------------------- auto mode
 def compress_auto(model, scheme: str, target: float, eval_callback: Callable, eval_iterations: int | None = None,
-                  *, cost_metric: str = "mac", candidates: int = 10, use_monotonic_fit: bool = False,
-                  method: str = "knapsack", rank_select: str = "greedy", modules_to_ignore=None,
-                  config_list=None, saved_eval_scores_dict=None, scores_out=None, workers: int = 1,
-                  trainer=None, multiplicity: int | str = 1, input_shape=None, use_cuda: bool = False, data=None,
-                  num_reconstruction_samples: int = 2000, selection: str = "magnitude", reconstruct: bool = True,
-                  seed: int = 0, progress: Callable | None = None,
-                  verify_finalists: bool = True, data_aware: bool = True, reference_model=None, svd_refit: bool = False,
-                  visualization=None, latency_batch_size: int | None = None,
-                  allow_slower_splits: bool | None = None,
-                  latency_repeats: int = 21) -> tuple[onnx.ModelProto, CompressionStats]:
+                  *, cost_metric: str = "mac", multiplicity: int | str = 1, input_shape=None, use_cuda: bool = False,
+                  data=None, search: Search | None = None, calibration: Calibration | None = None,
+                  latency: Latency | None = None, visualization=None,
+                  **options) -> tuple[onnx.ModelProto, CompressionStats]:
     """Auto mode: choose per-layer ratios so the model's cost ratio meets `target`.
+
+    Options come in three groups (`onnx_compress.options`), each also accepted as flat
+    keywords, one way or the other: `search=Search(candidates=..., method=..., ...)` or
+    `candidates=...`; `calibration=Calibration(...)` (as for `compress`; `data=` is direct);
+    `latency=Latency(batch_size, allow_slower_splits, repeats)` or `latency_batch_size`,
+    `allow_slower_splits`, `latency_repeats`.
 
     Builds the eval-score dictionary (every selected layer alone at each of the
     `candidates` - 1 ratios i/N, scored with `eval_callback(session, iterations, use_cuda)`),
@@ -345,7 +367,12 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     measured slower than its original layer before scoring (pass it with mac/memory to
     have the check there too); True keeps them. Fixed `config_list` ratios are not checked.
     """
-    parameters = describe_parameters(dict(locals(), function="compress_auto"))
+    search = gather(Search, search, options, "compress_auto", "search")
+    calibration = gather(Calibration, calibration, options, "compress_auto", "calibration",
+                         allowed=set(Calibration.__dataclass_fields__) - {"allow_custom_downsample_ops"})
+    latency = gather(Latency, latency, options, "compress_auto", "latency")
+    refuse_unknown(options, "compress_auto")
+    parameters = describe_parameters(_recorded(locals(), "compress_auto", search, calibration, latency))
     from .search import auto as auto_mod
 
     report_path = _report_path(visualization)
@@ -357,37 +384,44 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
         raise ParameterError(f"target_comp_ratio: ratio must be a number in (0, 1], got {target!r}")
     multiplicity = resolve_multiplicity(multiplicity, use_cuda, parameters)
     target_q = cost.check_ratio(target, "target_comp_ratio")
-    timer = auto_mod.latency_timer(metric, latency_batch_size, allow_slower_splits, latency_repeats, use_cuda)
+    timer = auto_mod.latency_timer(metric, latency.batch_size, latency.allow_slower_splits, latency.repeats, use_cuda)
     if eval_callback is None:
         raise ParameterError("auto mode needs an eval_callback (or the CLI's --eval) to score candidates")
-    if rank_select not in ("greedy", "tar"):
-        raise ParameterError(f"rank_select must be 'greedy' or 'tar', got {rank_select!r}")
-    if rank_select not in step.rank_selects:
-        offer = [n for n, s in SCHEMES.items() if rank_select in s.rank_selects]
-        raise ParameterError(f"rank_select={rank_select!r} applies to {' and '.join(offer)}, not {step.name}")
-    if not isinstance(workers, int) or workers < 1:
-        raise ParameterError(f"workers must be an integer >= 1, got {workers!r}")
-    if scores_out is not None:  # found before the dictionary runs, not after
-        files.check_writable(scores_out, "scores_out")
-    if step.needs_data and data is None:
-        raise ParameterError(f"{step.name} needs calibration data: pass data= (or --data)")
-    settings = None
-    if data is not None:
-        settings = Settings(data=data, num_reconstruction_samples=int(num_reconstruction_samples),
-                            selection=_selection(selection), reconstruct=bool(reconstruct), seed=int(seed),
-                            use_cuda=use_cuda, data_aware=bool(data_aware), svd_refit=bool(svd_refit),
-                            reference=ir.load(reference_model) if reference_model is not None else None)
+    _check_search(search, step)
+    settings = _auto_settings(step, data, calibration, use_cuda)
     job = auto_mod.Job(
         scheme=step, target=target_q, metric=metric, eval=auto_mod.Eval(eval_callback, eval_iterations, use_cuda),
-        multiplicity=multiplicity, keys=auto_mod.candidate_keys(rank_select, candidates),
-        use_monotonic_fit=use_monotonic_fit, method=method, rank_select=rank_select,
-        modules_to_ignore=modules_to_ignore, config_list=config_list,
-        saved_eval_scores_dict=saved_eval_scores_dict, scores_out=scores_out, workers=workers, trainer=trainer,
-        progress=progress, verify_finalists=verify_finalists, timer=timer,
-        allow_slower_splits=allow_slower_splits, report=report_path, parameters=parameters)
+        multiplicity=multiplicity, keys=auto_mod.candidate_keys(search.rank_select, search.candidates),
+        use_monotonic_fit=search.use_monotonic_fit, method=search.method, rank_select=search.rank_select,
+        modules_to_ignore=search.modules_to_ignore, config_list=search.config_list,
+        saved_eval_scores_dict=search.saved_eval_scores_dict, scores_out=search.scores_out,
+        workers=search.workers, trainer=search.trainer, progress=search.progress,
+        verify_finalists=search.verify_finalists, timer=timer, allow_slower_splits=latency.allow_slower_splits,
+        report=report_path, parameters=parameters)
     proto = ir.load(model)
     first = layers.analyze(proto, input_shape, _data_shapes(data) if data is not None else None)
     _require_layers(first, every=True)
     out, stats = auto_mod.run(job, proto, first, settings, _where(model))
     _write_report(report_path, stats)
     return out, stats
+
+
+def _check_search(search: Search, step: Scheme) -> None:
+    if search.rank_select not in ("greedy", "tar"):
+        raise ParameterError(f"rank_select must be 'greedy' or 'tar', got {search.rank_select!r}")
+    if search.rank_select not in step.rank_selects:
+        offer = [n for n, s in SCHEMES.items() if search.rank_select in s.rank_selects]
+        raise ParameterError(f"rank_select={search.rank_select!r} applies to {' and '.join(offer)}, not {step.name}")
+    if not isinstance(search.workers, int) or search.workers < 1:
+        raise ParameterError(f"workers must be an integer >= 1, got {search.workers!r}")
+    if search.scores_out is not None:  # found before the dictionary runs, not after
+        files.check_writable(search.scores_out, "scores_out")
+
+
+def _auto_settings(step: Scheme, data, calibration: Calibration, use_cuda: bool) -> Settings | None:
+    if step.needs_data and data is None:
+        raise ParameterError(f"{step.name} needs calibration data: pass data= (or --data)")
+    if data is None:
+        return None
+    reference = ir.load(calibration.reference_model) if calibration.reference_model is not None else None
+    return _settings(data, calibration, use_cuda, reference)

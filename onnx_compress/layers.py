@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 
 from . import ir
-from .errors import LayerError, ParameterError, ShapeError
+from .dims import resolve_input_dims  # noqa: F401  (layers.resolve_input_dims, as before)
+from .errors import LayerError, ShapeError
 
 log = logging.getLogger(__name__)
 
@@ -116,83 +117,6 @@ def cost_of(layer: Layer, metric: str) -> int:
 
 
 # ----------------------------------------------------------------------- input shapes
-def resolve_input_dims(proto: onnx.ModelProto, input_shape=None,
-                       data_shapes: dict[str, Shape] | None = None) -> dict[str, Shape]:
-    """Concrete shapes for the main graph's inputs.
-
-    Priority: `input_shape` (a tuple, a list of tuples in input order or for just the
-    inputs with dynamic dims, or a dict naming any of them), then the shapes of
-    calibration data, then static dims. Declared static dims are never overridden by the
-    data; its dynamic dims are taken, except each input's batch axis (data.batch_axes:
-    `state` [2, 'B', 128] -> axis 1), which is 1, as it is without data. Other dynamic dims
-    are left out (their layers cost None).
-    """
-    from . import data as data_mod
-
-    inputs = ir.graph_inputs(proto)
-    specs = data_mod.model_inputs(proto)
-    axes = data_mod.batch_axes(specs)
-    given: dict[str, Shape] = {}
-    if input_shape is not None:
-        if isinstance(input_shape, dict):
-            given = {k: tuple(int(d) for d in v) for k, v in input_shape.items()}
-        else:
-            shapes = list(input_shape)
-            if shapes and all(isinstance(d, (int, np.integer)) for d in shapes):
-                shapes = [tuple(shapes)]
-            targets = inputs
-            if len(shapes) != len(inputs):
-                targets = [i for i in inputs if not specs[i.name].static]
-                if len(shapes) != len(targets):
-                    raise ParameterError(
-                        f"input_shape gives {len(shapes)} shape(s) but the model has {len(inputs)} "
-                        f"input(s) {[i.name for i in inputs]}, {len(targets)} of them with dynamic dims "
-                        f"{[i.name for i in targets]}: give one shape per input, one per dynamic input, "
-                        "or a dict by name"
-                    )
-            given = {i.name: tuple(int(d) for d in s) for i, s in zip(targets, shapes)}
-        unknown = set(given) - {i.name for i in inputs}
-        if unknown:
-            raise ParameterError(
-                f"input_shape names unknown input(s) {sorted(unknown)}; model inputs: "
-                f"{[i.name for i in inputs]}"
-            )
-    dims: dict[str, Shape] = {}
-    for inp in inputs:
-        declared = specs[inp.name].dims
-        if inp.name in given:
-            shape = given[inp.name]
-            if declared and len(declared) != len(shape):
-                raise ParameterError(
-                    f"input_shape for '{inp.name}' has rank {len(shape)}, the model expects "
-                    f"rank {len(declared)}"
-                )
-            dims[inp.name] = shape
-            continue
-        data = tuple(data_shapes[inp.name]) if data_shapes and inp.name in data_shapes else None
-        if declared is None:  # rank unknown: the data's shape, batch 1
-            if data is not None:
-                dims[inp.name] = (1, *data[1:]) if data else ()
-            continue
-        if data is not None and len(data) != len(declared):
-            data = None  # refused with context where the data is fed
-        shape = []
-        for k, d in enumerate(declared):
-            if isinstance(d, int):
-                shape.append(d)
-            elif k == axes[inp.name]:
-                shape.append(1)
-            elif data is not None:
-                shape.append(int(data[k]))
-            else:
-                shape = None
-                break
-        if shape is not None:
-            dims[inp.name] = tuple(shape)
-    return dims
-
-
-# ---------------------------------------------------------------------------- analysis
 def analyze(proto: onnx.ModelProto, input_shape=None,
             data_shapes: dict[str, Shape] | None = None) -> Analysis:
     """Import `proto` and list its layers with shapes and costs."""
@@ -409,3 +333,20 @@ def _macs(op: str, w: np.ndarray, node, in_shape, out_shape) -> int | None:
         k = w.shape[1] if int(node.attrs.get("transB", 0)) else w.shape[0]
         return math.prod(out_shape) * int(k)
     return math.prod(out_shape) * int(w.shape[0])  # MatMul: (..., N) outputs, K each
+
+
+def refresh(analysis: Analysis, snapshot: onnx.ModelProto) -> Analysis:
+    """`analysis` after its graph was edited in place: the same graph (not imported again),
+    shapes inferred anew on `snapshot` (an unchecked export of that graph), layers rebuilt
+    from the graph's current nodes and weights. One graph per step: a scheme that edits
+    layer by layer refreshes instead of re-analysing an exported model."""
+    dims = analysis.input_dims
+    try:
+        inferred = ir.static_shapes(snapshot, dims)
+    except ShapeError as exc:
+        log.info("%s; finding layer shapes by execution", exc)
+        inferred = {t.name: tuple(t.dims) for t in snapshot.graph.initializer}
+    shapes, shape_note = _complete_shapes(snapshot, dims, inferred)
+    found = [_make_layer(node, owner, owner is not analysis.graph, shapes, shape_note)
+             for node, owner in ir.iter_nodes(analysis.graph) if node.op in LAYER_OPS]
+    return Analysis(proto=snapshot, graph=analysis.graph, layers=found, input_dims=dims, shapes=shapes)

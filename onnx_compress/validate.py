@@ -223,49 +223,17 @@ def _subgraphs(node: onnx.NodeProto) -> Iterable[onnx.GraphProto]:
 def _check_graph(graph: onnx.GraphProto, where: str, outer: frozenset[str], scope: str) -> set[str]:
     """Check one graph (and its subgraphs, recursively); return the outer-scope names it reads."""
     inside = f" in subgraph '{graph.name}' of {scope}" if scope else ""
-    provided: dict[str, str] = {}  # name -> what provides it, in this graph
-    for init in graph.initializer:
-        check_tensor(init, where)
-        provided[init.name] = f"initializer '{init.name}'"
-    for sparse in graph.sparse_initializer:
-        provided[sparse.values.name] = f"initializer '{sparse.values.name}'"
-    for info in graph.input:
-        if not scope:
-            _check_value_info(info, where, "graph input")
-        if info.name in provided and not provided[info.name].startswith("initializer"):
-            raise ModelLoadError(f"{where}: graph input '{info.name}' is declared twice{inside}")
-        provided.setdefault(info.name, f"graph input '{info.name}'")
+    provided = _provided(graph, where, scope, inside)
     if not scope:
         for info in graph.output:
             _check_value_info(info, where, "graph output")
-
-    producer: dict[str, int] = {}  # tensor -> index of the node writing it
-    for i, node in enumerate(graph.node):
-        for out in node.output:
-            if not out:
-                continue
-            if out in producer:
-                raise ModelLoadError(
-                    f"{where}: tensor '{out}' is written by two nodes{inside}: "
-                    f"{_node_label(graph.node[producer[out]], producer[out])} and {_node_label(node, i)}")
-            if out in provided:
-                raise ModelLoadError(f"{where}: {_node_label(node, i)}{inside} writes '{out}', which is also "
-                                     f"the {provided[out]}")
-            producer[out] = i
-
+    producer = _producers(graph, where, inside, provided)
     visible = outer | provided.keys() | producer.keys()
     reads_outer: set[str] = set()
     deps: list[set[int]] = []
     for i, node in enumerate(graph.node):
-        names = [n for n in node.input if n]
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    check_tensor(attr.t, where, f"value of {_node_label(node, i)}")
-        for sub in _subgraphs(node):
-            names += sorted(_check_graph(sub, where, frozenset(visible), _node_label(node, i)))
         mine = set()
-        for name in names:
+        for name in _node_reads(node, i, where, visible):
             if name in producer:
                 mine.add(producer[name])
             elif name in provided:
@@ -285,6 +253,57 @@ def _check_graph(graph: onnx.GraphProto, where: str, outer: frozenset[str], scop
                                      "graph input or initializer")
     _check_acyclic(graph, deps, where, inside)
     return reads_outer
+
+
+def _provided(graph: onnx.GraphProto, where: str, scope: str, inside: str) -> dict[str, str]:
+    """Name -> what provides it in this graph (an initializer or a graph input), each
+    initializer's tensor checked, each main-graph input's declaration checked."""
+    provided: dict[str, str] = {}
+    for init in graph.initializer:
+        check_tensor(init, where)
+        provided[init.name] = f"initializer '{init.name}'"
+    for sparse in graph.sparse_initializer:
+        provided[sparse.values.name] = f"initializer '{sparse.values.name}'"
+    for info in graph.input:
+        if not scope:
+            _check_value_info(info, where, "graph input")
+        if info.name in provided and not provided[info.name].startswith("initializer"):
+            raise ModelLoadError(f"{where}: graph input '{info.name}' is declared twice{inside}")
+        provided.setdefault(info.name, f"graph input '{info.name}'")
+    return provided
+
+
+def _producers(graph: onnx.GraphProto, where: str, inside: str, provided: dict[str, str]) -> dict[str, int]:
+    """Tensor -> index of the node writing it; ModelLoadError for a tensor written twice (by
+    two nodes, or by a node and an initializer or graph input)."""
+    producer: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        for out in node.output:
+            if not out:
+                continue
+            if out in producer:
+                raise ModelLoadError(
+                    f"{where}: tensor '{out}' is written by two nodes{inside}: "
+                    f"{_node_label(graph.node[producer[out]], producer[out])} and {_node_label(node, i)}")
+            if out in provided:
+                raise ModelLoadError(f"{where}: {_node_label(node, i)}{inside} writes '{out}', which is also "
+                                     f"the {provided[out]}")
+            producer[out] = i
+    return producer
+
+
+def _node_reads(node: onnx.NodeProto, index: int, where: str, visible: frozenset[str] | set[str]) -> list[str]:
+    """The names node `index` reads: its inputs, then what its subgraphs read from outside
+    them (each subgraph checked, recursively, seeing `visible`). A Constant's value is
+    checked too."""
+    names = [n for n in node.input if n]
+    if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                check_tensor(attr.t, where, f"value of {_node_label(node, index)}")
+    for sub in _subgraphs(node):
+        names += sorted(_check_graph(sub, where, frozenset(visible), _node_label(node, index)))
+    return names
 
 
 def _check_acyclic(graph: onnx.GraphProto, deps: list[set[int]], where: str, inside: str) -> None:

@@ -520,7 +520,7 @@ def test_cli_bad_input(case: Case, tmp_path, capsys, monkeypatch):
     if case.not_root and ROOT_USER:
         pytest.skip("running as root: folder permissions do not stop writes")
     if case.file_backed:
-        monkeypatch.setattr(ir, "FILE_BACKED_LIMIT", 1)
+        monkeypatch.setattr(ir.model, "FILE_BACKED_LIMIT", 1)
     argv = case.setup(tmp_path)
     before = snapshot(tmp_path)
     capsys.readouterr()

@@ -285,8 +285,8 @@ def test_file_backed_load_compress_save(tmp_path, monkeypatch):
     digests = {p.name: _sha256(p) for p in tmp_path.iterdir()}
     x = np.random.default_rng(2).standard_normal((1, 512)).astype(np.float32)
     expected = _run(src, x)
-    monkeypatch.setattr(ir, "FILE_BACKED_LIMIT", 1)
-    monkeypatch.setattr(ir, "COPY_CHUNK", 64 * 1024)
+    monkeypatch.setattr(ir.model, "FILE_BACKED_LIMIT", 1)
+    monkeypatch.setattr(ir.model, "COPY_CHUNK", 64 * 1024)
 
     proto = ir.load(src)
     assert ir.is_file_backed(proto)
@@ -311,7 +311,7 @@ def test_file_backed_load_compress_save(tmp_path, monkeypatch):
     assert len(reports) > 1 and {r[0] for r in reports} == {"writing weights (MiB)"}
     assert reports[-1][1] == reports[-1][2] == 2  # W (1 MiB) and the bias, ceil to MiB
 
-    monkeypatch.setattr(ir, "FILE_BACKED_LIMIT", ir.PROTO_LIMIT)  # the same, loaded in memory
+    monkeypatch.setattr(ir.model, "FILE_BACKED_LIMIT", ir.PROTO_LIMIT)  # the same, loaded in memory
     in_memory, _ = oc.compress(src, "weight_svd", {"tail": 0.5})
     assert not ir.is_file_backed(in_memory)
     np.testing.assert_array_equal(_run(out, x), _run(in_memory, x))
@@ -332,7 +332,7 @@ def test_file_backed_auto_mode_matches_in_memory(tmp_path, monkeypatch):
 
     results = []
     for limit in (ir.PROTO_LIMIT, 1):
-        monkeypatch.setattr(ir, "FILE_BACKED_LIMIT", limit)
+        monkeypatch.setattr(ir.model, "FILE_BACKED_LIMIT", limit)
         model, stats = oc.compress_auto(src, "weight_svd", 0.8, score, candidates=2, data={"x": x})
         assert ir.is_file_backed(model) == (limit == 1)
         results.append(([(s.name, s.rank) for s in stats.layers], stats.final_score, stats.selection["scores"]))
@@ -340,7 +340,7 @@ def test_file_backed_auto_mode_matches_in_memory(tmp_path, monkeypatch):
 
 
 def test_file_backed_load_errors_name_the_problem(tmp_path, monkeypatch):
-    monkeypatch.setattr(ir, "FILE_BACKED_LIMIT", 1)
+    monkeypatch.setattr(ir.model, "FILE_BACKED_LIMIT", 1)
     src = _small_external(tmp_path)
     data = tmp_path / "w.bin"
     content = data.read_bytes()
@@ -360,7 +360,7 @@ def test_file_backed_load_errors_name_the_problem(tmp_path, monkeypatch):
 
 
 def test_file_backed_model_is_not_saved_over_its_own_data(tmp_path, monkeypatch):
-    monkeypatch.setattr(ir, "FILE_BACKED_LIMIT", 1)
+    monkeypatch.setattr(ir.model, "FILE_BACKED_LIMIT", 1)
     folder = tmp_path / "m"
     folder.mkdir()
     src = _small_external(folder)
@@ -387,7 +387,7 @@ def test_save_does_not_modify_an_in_memory_model(tmp_path, monkeypatch):
     ir.save(model, tmp_path / "a.onnx", external=True)
     assert model.SerializeToString() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a.onnx.data"]
-    monkeypatch.setattr(ir, "PROTO_LIMIT", 1024)  # "over 2 GiB": external data automatically, checked by path
+    monkeypatch.setattr(ir.tensors, "PROTO_LIMIT", 1024)  # "over 2 GiB": external data automatically, checked by path
     assert ir.too_big(model)
     ir.save(model, tmp_path / "b.onnx")
     assert (tmp_path / "b.onnx.data").is_file() and model.SerializeToString() == before

@@ -79,7 +79,7 @@ def linked_folder(tmp_path) -> tuple[Path, Path]:
 def test_external_data_through_a_symlink_is_refused(fixture, file_backed, request, monkeypatch, capsys):
     src, root = request.getfixturevalue(fixture)
     if file_backed:
-        monkeypatch.setattr(ir, "FILE_BACKED_LIMIT", 1)
+        monkeypatch.setattr(ir.model, "FILE_BACKED_LIMIT", 1)
     with pytest.raises(ModelLoadError, match="symbolic link"):
         ir.load(src)
     before = _listing(root)
@@ -103,7 +103,7 @@ def test_external_data_outside_the_folder_is_refused(tmp_path, location, file_ba
             entry.value = location
     onnx.save(proto, str(src))
     if file_backed:
-        monkeypatch.setattr(ir, "FILE_BACKED_LIMIT", 1)
+        monkeypatch.setattr(ir.model, "FILE_BACKED_LIMIT", 1)
     with pytest.raises(ModelLoadError, match="invalid external data location"):
         ir.load(src)
 
@@ -112,7 +112,7 @@ def test_plain_external_data_still_loads(tmp_path, monkeypatch):
     src = _external_model(tmp_path / "model")
     assert ir.external_files(src) == [(tmp_path / "model" / "w.bin").resolve()]
     for limit in (ir.FILE_BACKED_LIMIT, 1):
-        monkeypatch.setattr(ir, "FILE_BACKED_LIMIT", limit)
+        monkeypatch.setattr(ir.model, "FILE_BACKED_LIMIT", limit)
         assert ir.load(src).graph.initializer[0].name == "w"
 
 

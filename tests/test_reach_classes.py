@@ -330,7 +330,7 @@ def test_auto_mode_checks_the_rewrite_before_any_evaluation(monkeypatch):
     def refuse(proto):
         raise RuntimeError("checker says no")
 
-    monkeypatch.setattr(ir, "checked", refuse)
+    monkeypatch.setattr(ir.graph, "checked", refuse)
     with pytest.raises(RuntimeError, match="checker says no"):
         oc.compress_auto(_ir3_model(), "weight_svd", 0.5, evaluator, candidates=5)
     assert calls == []

@@ -257,13 +257,22 @@ def test_prefix_cache_candidates_equal_the_rebuilt_full_model():
     assert cache.candidate("empty", {}, lambda: marker) is marker  # no suffix plan: the full model
 
 
-@pytest.mark.xfail(strict=True, reason="_Recorder.run(None, feed) returns the recorded boundary tensors after "
-                   "the model's outputs, while its get_outputs() lists only the model's outputs")
 def test_prefix_cache_recording_session_returns_only_the_model_outputs():
+    """run(None, feed) returns what a plain session returns (the recorded boundary tensors
+    stay in the cache), and a list of names returns those."""
     model = b.cnn_model()
+    feed = _feed()
     cache = runtime.PrefixCache(model, {"u3": ["conv3.weight"]})
     recorder = cache.recording_session()
-    assert len(recorder.run(None, _feed())) == len(recorder.get_outputs()) == 1
+    plain = runtime.session(model)
+    got = recorder.run(None, feed)
+    assert len(got) == len(recorder.get_outputs()) == len(plain.get_outputs()) == 1
+    np.testing.assert_array_equal(got[0], plain.run(None, feed)[0])
+    name = plain.get_outputs()[0].name
+    named = recorder.run([name], feed)
+    assert len(named) == 1
+    np.testing.assert_array_equal(named[0], plain.run([name], feed)[0])
+    assert cache.lookup("u3", feed) is not None  # the boundary was still recorded
 
 
 def test_prefix_cache_over_its_memory_budget_stores_nothing():
@@ -311,3 +320,21 @@ def test_runner_runs_the_model_into_bound_buffers():
     sess, _, buffers = run.keepalive
     assert [o.name for o in sess.get_outputs()] == ["y"]
     np.testing.assert_array_equal(buffers[-1].numpy(), b.run(model, feed)[0])
+
+
+def test_incomplete_symbolic_inference_writes_nothing_into_the_working_directory(tmp_path, monkeypatch):
+    """ORT's SymbolicShapeInference.infer_shapes saves sym_shape_infer_temp.onnx (and uuid
+    .data files) into the current directory when inference is incomplete; ours must not."""
+    from onnxruntime.tools import symbolic_shape_infer as ssi
+
+    from onnx_compress.errors import CompressionError
+    from onnx_compress.runtime import sessions
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ssi.SymbolicShapeInference, "_infer_impl", lambda self: setattr(self, "run_", False) or False)
+    with pytest.raises(CompressionError, match="incomplete"):
+        sessions._infer_symbolic(ssi.SymbolicShapeInference, b.cnn_model())
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(Exception, match="Incomplete"):  # what the public call does, for contrast
+        ssi.SymbolicShapeInference.infer_shapes(b.cnn_model(), auto_merge=True)
+    assert (tmp_path / "sym_shape_infer_temp.onnx").exists()

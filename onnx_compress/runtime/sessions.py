@@ -221,238 +221,6 @@ def checked_callback(eval_callback):
     return checked
 
 
-class WeightSwapper:
-    """Sessions of one model with some initializers replaced, without rebuilding it.
-
-    The named main-graph initializers are marked as external data in a prepared copy
-    serialised once; each `session(overrides)` then hands ONNX Runtime the current or
-    overridden arrays from memory (`add_external_initializers`), so the candidate keeps
-    every graph optimisation of a normal session (constant folding, fusions, prepacking).
-    """
-
-    def __init__(self, model: onnx.ModelProto, names: list[str], use_cuda: bool = False,
-                 threads: int | None = None):
-        inits = {t.name: t for t in model.graph.initializer}
-        missing = [n for n in names if n not in inits]
-        if missing:
-            raise CompressionError(f"cannot swap {missing}: not initializers of the main graph")
-        self.values = {n: ir.to_array(inits[n]) for n in names}
-        prepared = onnx.ModelProto()
-        prepared.CopyFrom(model)
-        for t in prepared.graph.initializer:
-            if t.name in self.values:
-                nbytes = self.values[t.name].nbytes
-                for field in ("raw_data", "float_data", "double_data", "int32_data", "int64_data"):
-                    t.ClearField(field)
-                del t.external_data[:]
-                for key, value in (("location", "onnx_compress.swap"), ("offset", "0"), ("length", str(nbytes))):
-                    entry = t.external_data.add()
-                    entry.key, entry.value = key, value
-                t.data_location = onnx.TensorProto.EXTERNAL
-        self._folder = None  # file-backed models (over 2 GB): ORT reads a saved copy
-        if ir.is_file_backed(prepared):
-            self._folder = tempfile.TemporaryDirectory(prefix="onnx_compress_swap_")
-            self.model_bytes = os.path.join(self._folder.name, "model.onnx")
-            ir.save(prepared, self.model_bytes, external=True, check=False)
-        else:
-            self.model_bytes = prepared.SerializeToString()
-        self.use_cuda = use_cuda
-        self.threads = threads
-
-    def session(self, overrides: dict | None = None) -> ort.InferenceSession:
-        """A session of the model with `overrides` (name -> same-shaped array) swapped in."""
-        overrides = overrides or {}
-        opts = options(self.threads)
-        names = list(self.values)
-        values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(overrides.get(n, self.values[n])))
-                  for n in names]
-        opts.add_external_initializers(names, values)
-        sess = ort.InferenceSession(self.model_bytes, opts, providers=providers(self.use_cuda))
-        sess._onnx_compress_keepalive = values  # the session reads these buffers
-        return check_providers(sess, self.use_cuda)
-
-
-# ------------------------------------------------------------------ prefix caching
-def _feed_key(feed: dict) -> tuple:
-    """A cheap fingerprint of a feed: names, shapes, dtypes and a strided sample of values.
-
-    Equal feeds have equal keys; feeds with equal keys are told apart by `_same_feed`.
-    Hashing every byte of every batch cost as much as a fifth of a small model's
-    suffix run, for each candidate.
-    """
-    parts = []
-    for name in sorted(feed):
-        arr = np.asarray(feed[name])
-        flat = arr.reshape(-1)
-        step = max(1, flat.size // 256)
-        parts.append((name, arr.shape, str(arr.dtype), flat[::step].tobytes()))
-    return tuple(parts)
-
-
-def _same_feed(a: dict, b: dict) -> bool:
-    if a.keys() != b.keys():
-        return False
-    for name, x in a.items():
-        x, y = np.asarray(x), np.asarray(b[name])
-        if x.shape != y.shape or x.dtype != y.dtype:
-            return False
-        if not np.array_equal(x, y) and not (x.dtype.kind in "fc" and np.array_equal(x, y, equal_nan=True)):
-            return False
-    return True
-
-
-def suffix_model(model: onnx.ModelProto, start_nodes: set[str]) -> tuple[onnx.ModelProto, list[str]] | None:
-    """The part of `model` that depends on the nodes `start_nodes`, and its boundary inputs.
-
-    Boundary: tensors the suffix reads that the rest of the graph (or the graph inputs)
-    computes, plus graph outputs the suffix does not reach. None when the graph has
-    subgraph nodes in the suffix or the extraction fails (callers use the full model).
-    """
-    import onnx.utils
-
-    graph = model.graph
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    suffix, stack = set(), [n for n in graph.node if n.name in start_nodes]
-    while stack:
-        node = stack.pop()
-        if id(node) in suffix:
-            continue
-        suffix.add(id(node))
-        for out in node.output:
-            stack.extend(consumers.get(out, []))
-    nodes = [n for n in graph.node if id(n) in suffix]
-    if not nodes or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                        for n in nodes for a in n.attribute):
-        return None
-    produced = {o for n in nodes for o in n.output}
-    inits = {t.name for t in graph.initializer}
-    boundary = sorted({i for n in nodes for i in n.input if i and i not in produced and i not in inits})
-    boundary += [o.name for o in graph.output if o.name not in produced and o.name not in boundary]
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        sub = onnx.utils.Extractor(inferred).extract_model(boundary, [o.name for o in graph.output])
-    except Exception:
-        return None
-    return sub, boundary
-
-
-class _FullModelView:
-    """Presents the full model's inputs and outputs; everything else from `_session`."""
-
-    _cache: PrefixCache
-    _session: ort.InferenceSession
-
-    def get_inputs(self):
-        return self._cache.inputs
-
-    def get_outputs(self):
-        return self._cache.outputs
-
-    def __getattr__(self, name):
-        return getattr(self._session, name)
-
-
-class _Recorder(_FullModelView):
-    """Runs the full model and stores the boundary tensors of every unit per feed."""
-
-    def __init__(self, cache: PrefixCache, session: ort.InferenceSession):
-        self._cache, self._session = cache, session
-
-    def run(self, output_names, input_feed, run_options=None):
-        names = [o.name for o in self._session.get_outputs()]
-        wanted = list(dict.fromkeys(list(self._cache.model_outputs) + self._cache.needed))
-        values = self._session.run(wanted, input_feed, run_options)
-        by_name = dict(zip(wanted, values))
-        self._cache.store(input_feed, by_name)
-        keys = names if output_names is None else list(output_names)
-        return [by_name[k] for k in keys]
-
-
-class _SuffixSession(_FullModelView):
-    """Looks like a session of the candidate model; runs only the suffix on cached inputs."""
-
-    def __init__(self, cache: PrefixCache, unit: str, session: ort.InferenceSession, fallback):
-        self._cache, self._unit, self._session, self._fallback = cache, unit, session, fallback
-        self._full = None
-
-    def run(self, output_names, input_feed, run_options=None):
-        boundary = self._cache.lookup(self._unit, input_feed)
-        if boundary is None:  # data the baseline did not see: run the whole candidate model
-            if self._full is None:
-                self._full = self._fallback()
-            return self._full.run(output_names, input_feed, run_options)
-        keys = [o.name for o in self._cache.outputs] if output_names is None else list(output_names)
-        return self._session.run(keys, boundary, run_options)
-
-
-class PrefixCache:
-    """Scores candidates by running only the part of the model after the changed layers.
-
-    The baseline evaluation goes through `recording_session()`, which stores, for each
-    feed the evaluator uses, every unit's boundary tensors (the activations its suffix
-    reads). A candidate session then runs the unit's suffix model with the candidate
-    weights swapped in, fed from that cache; outputs are those of the full candidate
-    model. Feeds the baseline did not see fall back to the full model. Units whose
-    cached activations would pass `max_bytes` in total are not cached.
-    """
-
-    def __init__(self, model: onnx.ModelProto, units: dict[str, list[str]], use_cuda: bool = False,
-                 threads: int | None = None, max_bytes: int = 2 * 2**30):
-        self.use_cuda, self.threads = use_cuda, threads
-        self.model_outputs = [o.name for o in model.graph.output]
-        consumers = {}
-        for node in model.graph.node:
-            for i in node.input:
-                consumers.setdefault(i, set()).add(node.name)
-        self.plans: dict[str, tuple] = {}
-        for unit, weights in units.items():
-            starts = set().union(*(consumers.get(w, set()) for w in weights)) if weights else set()
-            plan = suffix_model(model, starts) if starts else None
-            if plan is not None:
-                self.plans[unit] = plan
-        self.needed = sorted({b for _, boundary in self.plans.values() for b in boundary})
-        self.recorder_session = session(model, use_cuda, threads, extra_outputs=self.needed)
-        # the model's own outputs come first; the recorded extras follow them
-        self.inputs = self.recorder_session.get_inputs()
-        self.outputs = self.recorder_session.get_outputs()[:len(self.model_outputs)]
-        self.max_bytes, self.used = max_bytes, 0
-        self.store_by_feed: dict[tuple, list[tuple[dict, dict]]] = {}
-        self.swappers: dict[str, WeightSwapper] = {}
-
-    def recording_session(self) -> _Recorder:
-        return _Recorder(self, self.recorder_session)
-
-    def store(self, feed: dict, values: dict[str, np.ndarray]) -> None:
-        size = sum(v.nbytes for k, v in values.items() if k in self.needed)
-        if self.used + size > self.max_bytes:
-            return
-        self.used += size
-        entries = self.store_by_feed.setdefault(_feed_key(feed), [])
-        copy = {k: np.array(v, copy=True) for k, v in feed.items()}  # the caller may reuse its buffers
-        entries.append((copy, {k: values[k] for k in self.needed}))
-
-    def lookup(self, unit: str, feed: dict) -> dict | None:
-        for stored, values in self.store_by_feed.get(_feed_key(feed), ()):
-            if _same_feed(stored, feed):
-                return {k: values[k] for k in self.plans[unit][1]}
-        return None
-
-    def candidate(self, unit: str, overrides: dict, fallback) -> object:
-        """A session-like object for the model with `overrides` swapped in at `unit`."""
-        if unit not in self.plans:
-            return fallback()
-        if unit not in self.swappers:
-            sub = self.plans[unit][0]
-            names = [n for n in overrides if n in {t.name for t in sub.graph.initializer}]
-            self.swappers[unit] = WeightSwapper(sub, names, self.use_cuda, self.threads)
-        swapper = self.swappers[unit]
-        sess = swapper.session({k: v for k, v in overrides.items() if k in swapper.values})
-        return _SuffixSession(self, unit, sess, fallback)
-
-
 # ------------------------------------------------------------------------------ timing
 def runner(model: onnx.ModelProto, feeds: dict[str, np.ndarray], use_cuda: bool = False,
            threads: int | None = None) -> Callable[[], None]:
@@ -516,8 +284,44 @@ def symbolic_shapes(proto: onnx.ModelProto, dims: dict) -> dict:
 
     model = ir.with_input_dims(proto, dims)
     del model.graph.value_info[:]
-    model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    model = _infer_symbolic(SymbolicShapeInference, model)
     return ir.concrete_shapes(list(model.graph.value_info) + list(model.graph.output))
 
 
+def _infer_symbolic(cls, model: onnx.ModelProto) -> onnx.ModelProto:
+    """`cls.infer_shapes(model, auto_merge=True)` without its debugging side effect: when
+    inference is incomplete, ORT's infer_shapes saves "sym_shape_infer_temp.onnx" and
+    uuid-named .data files into the *current directory* before raising. The same steps are
+    run here and only the exception is kept (the public call where ORT changed its steps)."""
+    steps = ("_preprocess", "_infer_impl", "_update_output_from_vi")
+    if not all(hasattr(cls, step) for step in steps):
+        return cls.infer_shapes(model, auto_merge=True)
+    if ir.opset(model) < 7:
+        raise CompressionError("symbolic shape inference needs opset 7 or above")
+    inference = cls(2**31 - 1, True, False, 0)
+    inference._preprocess(model)
+    done = False
+    while inference.run_:
+        done = inference._infer_impl()
+    inference._update_output_from_vi()
+    if not done:
+        raise CompressionError("incomplete symbolic shape inference")
+    return inference.out_mp_
+
+
 validate.RUNTIME_PROBE = ort_refuses
+
+
+class _QuietRuntime:
+    """(ir.model.RUNTIME_QUIET) ONNX Runtime's logger at errors only while graph-surgeon folds
+    constants with it (its optimizer's warnings are not the user's), then back to ORT's default."""
+
+    def __enter__(self):
+        ort.set_default_logger_severity(3)
+
+    def __exit__(self, *exc) -> bool:
+        ort.set_default_logger_severity(2)  # ORT's default
+        return False
+
+
+ir.model.RUNTIME_QUIET = _QuietRuntime

@@ -9,9 +9,12 @@
 from __future__ import annotations
 
 from ..errors import ParameterError
-from .base import Candidate, Context, Scheme, StepResult, Unit, exact_cost  # noqa: F401
+from .base import Candidate, Context, Scheme, StepResult, Unit, exact_cost
 from .pruning import CHANNEL_PRUNING
 from .svd import SPATIAL_SVD, WEIGHT_SVD
+
+__all__ = ["SCHEMES", "Candidate", "Context", "Scheme", "StepResult", "Unit", "exact_cost", "get", "register",
+           "unregister"]
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (WEIGHT_SVD, SPATIAL_SVD, CHANNEL_PRUNING)}
 

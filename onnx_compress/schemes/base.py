@@ -58,6 +58,8 @@ class Unit:
     base_cost: the cost of the uncompressed option (the candidates' `cost` unit).
     weights: the initializers `preview` replaces.
     layers: the layers whose cost the unit changes.
+    size: the full size (rank at which a split is exact, or the group's channel count):
+    a candidate of this size previews the uncompressed model.
     data: scheme-specific detail (channel pruning: candidate key -> {(layer, side): kept}).
     """
 
@@ -68,6 +70,7 @@ class Unit:
     weights: tuple[str, ...] = ()
     layers: tuple[str, ...] = ()
     data: dict | None = None
+    size: int = 0
 
     def overrides(self, candidate: Candidate) -> dict[str, np.ndarray]:  # the older name
         return self.preview(candidate)

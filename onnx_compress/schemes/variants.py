@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from .. import ir, layers
 from ..errors import ShapeError
@@ -134,24 +133,4 @@ def pruned_variant(layer: layers.Layer, kept: int, opset: int) -> Variant:
 
 def variant_model(v: Variant) -> onnx.ModelProto:
     """The variant as a model: input "x", output "y", random constants (seeded)."""
-    rng = np.random.default_rng(0)
-    elem = helper.np_dtype_to_tensor_dtype(np.dtype(v.dtype))
-    nodes, inits, data = [], [], "x"
-    for i, (op, shapes, attrs) in enumerate(v.nodes):
-        inputs = [data]
-        for j, shape in enumerate(shapes):
-            if shape is None:
-                inputs.append("")
-                continue
-            name = f"n{i}.p{j}"
-            value = (rng.standard_normal(shape) * 0.1).astype(v.dtype)
-            inits.append(numpy_helper.from_array(value, name))
-            inputs.append(name)
-        data = "y" if i == len(v.nodes) - 1 else f"n{i}.out"
-        nodes.append(helper.make_node(op, inputs, [data], name=f"n{i}", **dict(attrs)))
-    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", elem, v.input_shape)],
-                              [helper.make_tensor_value_info("y", elem, None)], inits)
-    opsets = [helper.make_opsetid("", v.opset)]
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="onnx_compress.latency")
-    model.ir_version = max(4, helper.find_min_ir_version_for(opsets))
-    return model
+    return ir.chain_model(v.nodes, v.input_shape, v.dtype, v.opset, producer="onnx_compress.latency")

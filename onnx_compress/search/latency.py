@@ -106,12 +106,7 @@ def _overhead(timer: Timer) -> float:
     """Seconds one session run costs doing nothing (Identity of one number), per provider."""
     key = (timer.provider, timer.threads)
     if key not in _OVERHEAD:
-        x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, (1,))
-        y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, (1,))
-        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "empty", [x], [y])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        model.ir_version = 7
-        run = runtime.runner(model, {"x": np.zeros(1, np.float32)}, timer.use_cuda, timer.threads)
+        run = runtime.runner(ir.identity_model(), {"x": np.zeros(1, np.float32)}, timer.use_cuda, timer.threads)
         _OVERHEAD[key] = _low(_rounds([run], timer, 0.2)[0])
     return _OVERHEAD[key]
 

@@ -18,6 +18,9 @@ Two solvers:
   frontier of (cost, loss) states); optimal for the additive model.
 * `solve_threshold`: AIMET's greedy method, kept for comparison: bisection on one global
   score threshold; it often stops well below the target.
+
+This module checks the problem and the budget; the solvers' array internals (the
+knapsack's frontier, the threshold's per-layer rule) are in search/knapsack.py.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import numpy as np
 
 from ..cost import as_fraction, check_ratio
 from ..errors import ParameterError
+from .knapsack import _fill_ties, _pick_at_threshold, _table, frontier_picks
 
 DEFAULT_MAX_STATES = 20000
 THRESHOLD_ITERATIONS = 50
@@ -238,115 +242,13 @@ def _selection(layers: Sequence[LayerOptions], picks: Sequence[int], fixed_cost:
 
 # ---------------------------------------------------------------------------- knapsack
 
-@dataclass(frozen=True)
-class _Table:
-    """A layer's options as arrays (M,): cost int64, loss = baseline - score, ratio."""
-
-    cost: np.ndarray
-    loss: np.ndarray
-    ratio: np.ndarray
-
-
-def _table(layer: LayerOptions, baseline: float) -> _Table:
-    return _Table(
-        cost=np.array([int(o.cost) for o in layer.options], dtype=np.int64),
-        loss=np.array([float(baseline) - float(o.score) for o in layer.options], dtype=np.float64),
-        ratio=np.array([float(o.ratio) for o in layer.options], dtype=np.float64),
-    )
-
-
-def _cost_order(c: np.ndarray, lo: np.ndarray, ratio_of: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Indices sorting states (N,) by cost, then loss, then ratio sum descending.
-
-    `c` is made of already-sorted runs, which a stable sort merges quickly; only groups of
-    equal cost are sorted again on the other keys. `ratio_of(indices)` gives ratio sums.
-    """
-    order = np.argsort(c, kind="stable")
-    sc = c[order]
-    dup = np.zeros(len(order), dtype=bool)
-    dup[1:] = sc[1:] == sc[:-1]
-    dup[:-1] |= dup[1:]
-    if dup.any():
-        sub = order[dup]
-        order[dup] = sub[np.lexsort((-ratio_of(sub), lo[sub], c[sub]))]
-    return order
-
-
-def _extend(cost: np.ndarray, loss: np.ndarray, rsum: np.ndarray, table: _Table, cap: int, tol: float):
-    """One DP step: frontier states (N,) x the layer's options (M,) -> the new frontier.
-
-    Keeps states with cost <= cap that no other state dominates. B is dominated by A when
-    cost_A <= cost_B and loss_A < loss_B - tol (equal-loss states of higher cost stay: ties
-    go to the higher cost), or when both costs are equal and A comes first by lower loss,
-    then higher sum of ratios. Returns (cost, loss, rsum, parent, option), each (K,),
-    sorted by cost ascending with distinct costs.
-    """
-    n = len(cost)
-    c = (table.cost[:, None] + cost[None, :]).ravel()  # option-major: M runs sorted by cost
-    ok = np.flatnonzero(c <= cap)
-    c = c[ok]
-    lo = (table.loss[:, None] + loss[None, :]).ravel()[ok]
-
-    def ratio_of(i: np.ndarray) -> np.ndarray:
-        return rsum[ok[i] % n] + table.ratio[ok[i] // n]
-
-    order = _cost_order(c, lo, ratio_of)
-    c, lo = c[order], lo[order]
-    keep = np.ones(len(order), dtype=bool)
-    keep[1:] = (c[1:] != c[:-1]) & (lo[1:] <= np.minimum.accumulate(lo)[:-1] + tol)
-    order = order[keep]
-    flat = ok[order]
-    return c[keep], lo[keep], ratio_of(order), flat % n, flat // n
-
-
-def _strict(loss: np.ndarray, tol: float) -> np.ndarray:
-    """Indices of a frontier sorted by cost (N,) left when ties go to the cheaper state.
-
-    A state is kept only when its loss is below every cheaper state's by more than tol.
-    """
-    keep = np.ones(len(loss), dtype=bool)
-    keep[1:] = loss[1:] < np.minimum.accumulate(loss)[:-1] - tol
-    return np.flatnonzero(keep)
-
-
-def _merge(cost: np.ndarray, cap: int, max_states: int) -> np.ndarray:
-    """Indices kept when a frontier sorted by cost (N,) is merged into cost buckets.
-
-    Buckets of width ceil((cap + 1) / max_states) over [0, cap]; each keeps its last state
-    (the lowest loss, within the tie tolerance; ties to the higher cost), and the cheapest
-    state is always kept, so a feasible completion always survives. At most
-    max_states + 1 states remain.
-    """
-    width = -(-(cap + 1) // max_states)
-    bucket = cost // width
-    keep = np.ones(len(cost), dtype=bool)
-    keep[:-1] = bucket[1:] != bucket[:-1]
-    keep[0] = True
-    return np.flatnonzero(keep)
-
-
-def _fill_ties(tables: Sequence[_Table], picks: list[int], slack: int) -> list[int]:
-    """Spend leftover budget on options of equal loss: higher cost, then higher ratio.
-
-    Greedy, in layer order; the modelled score is unchanged and the budget still holds.
-    """
-    picks = list(picks)
-    for k, table in enumerate(tables):
-        j = picks[k]
-        same = np.flatnonzero((table.loss == table.loss[j]) & (table.cost - table.cost[j] <= slack))
-        best = int(same[np.lexsort((table.ratio[same], table.cost[same]))[-1]])
-        slack -= int(table.cost[best] - table.cost[j])
-        picks[k] = best
-    return picks
-
-
 def solve_knapsack(layers: Sequence[LayerOptions], fixed_cost: int, total: int, target, baseline: float,
                    *, max_states: int = DEFAULT_MAX_STATES, metric: str | None = None) -> Selection:
     """Best selection under the budget by exact multiple-choice knapsack.
 
     Dynamic programming over the layers keeps the Pareto frontier of (cost, loss) states,
     loss = sum of (baseline - score). A state is dropped when another costs no more and
-    loses strictly less (see `_extend`), or when even the cheapest options of the remaining
+    loses strictly less (see knapsack._extend), or when even the cheapest options of the remaining
     layers would take it over the budget. Choices are rebuilt from back-pointers.
 
     Ties in loss (within TIE_TOLERANCE times the loss scale) go to the higher cost, closer
@@ -369,50 +271,13 @@ def solve_knapsack(layers: Sequence[LayerOptions], fixed_cost: int, total: int, 
         raise ParameterError(f"max_states must be an integer >= 1, got {max_states!r}")
     budget = _budget(layers, fixed_cost, total, target, metric)
     tables = [_table(layer, baseline) for layer in layers]
-    mins = [int(t.cost.min()) for t in tables]
-    rest = [sum(mins[k + 1:]) for k in range(len(tables))]
     tol = TIE_TOLERANCE * max(1.0, sum(float(np.abs(t.loss).max()) for t in tables))
-    cost, loss, rsum = np.zeros(1, np.int64), np.zeros(1), np.zeros(1)
-    trail: list[tuple[np.ndarray, np.ndarray]] = []
-    exact = True
-    for k, table in enumerate(tables):
-        cap = budget - rest[k]
-        cost, loss, rsum, parent, option = _extend(cost, loss, rsum, table, cap, tol)
-        if len(cost) > max_states:  # first give up ties, then exactness
-            kept = _strict(loss, tol)
-            if len(kept) > max_states:
-                kept = kept[_merge(cost[kept], cap, max_states)]
-                exact = False
-            cost, loss, rsum, parent, option = cost[kept], loss[kept], rsum[kept], parent[kept], option[kept]
-        trail.append((parent, option))
-    state = int(np.flatnonzero(loss <= loss.min() + tol)[-1])  # least loss; ties: highest cost
-    picks = [0] * len(tables)
-    for k in reversed(range(len(tables))):
-        parent, option = trail[k]
-        picks[k] = int(option[state])
-        state = int(parent[state])
+    picks, exact = frontier_picks(tables, budget, max_states, tol)
     picks = _fill_ties(tables, picks, budget - sum(int(t.cost[j]) for t, j in zip(tables, picks)))
     return _selection(layers, picks, fixed_cost, total, baseline, "knapsack", exact)
 
 
 # ---------------------------------------------------------------------------- threshold
-
-def _pick_at_threshold(layer: LayerOptions, order: Sequence[int], threshold: float) -> int:
-    """AIMET's per-layer rule: from ratio 1.0 down, compress while the score stays >= threshold.
-
-    `order`: option indices by ratio descending (order[0] is ratio 1.0). Returns the index
-    of the last option of the leading run scoring >= threshold (ratio 1.0 if that run is
-    empty). On non-decreasing scores this is the smallest ratio scoring >= threshold.
-    """
-    pick = order[0]
-    if layer.options[pick].score < threshold:
-        return pick
-    for j in order[1:]:
-        if layer.options[j].score < threshold:
-            break
-        pick = j
-    return pick
-
 
 def solve_threshold(layers: Sequence[LayerOptions], fixed_cost: int, total: int, target, baseline: float,
                     *, iterations: int = THRESHOLD_ITERATIONS, metric: str | None = None) -> Selection:

@@ -157,25 +157,28 @@ def _out_shape(layer: layers.Layer, x: np.ndarray) -> tuple[int, ...]:
 # ------------------------------------------------------------------------------ driver
 @dataclass
 class _State:
-    model: onnx.ModelProto
+    model: onnx.ModelProto  # the latest snapshot of the graph (unchecked), for sampling
+    analysis: layers.Analysis  # the one graph of the step, with layers as last refreshed
     out_keep: dict[str, np.ndarray]  # layer name -> original output channels still present
     pruned_with: dict[str, str]  # layer name -> root of the group that pruned its inputs
 
 
 def prune(proto: onnx.ModelProto, ratios: dict[str, Fraction], settings: Settings,
-          input_dims, multiplicity: int, named: bool = True, progress=None, *, activations) -> tuple[onnx.ModelProto, list[LayerStats], list[SkippedLayer]]:
+          input_dims, multiplicity: int, named: bool = True, progress=None, *, activations,
+          analysis: layers.Analysis | None = None) -> tuple[onnx.ModelProto, list[LayerStats], list[SkippedLayer]]:
     """Prune the input channels of the layers in `ratios` (layer name -> ratio), in graph order.
 
     `named`: the user named these layers (a ratio that cannot apply is an error) rather than
-    asking for one ratio everywhere (such layers are skipped with the reason).
+    asking for one ratio everywhere (such layers are skipped with the reason). `analysis`:
+    `proto`'s, when the caller has it (its graph is then edited in place).
     """
     criteria.check_selection(settings.selection)
     if settings.num_reconstruction_samples < 1:
         raise ParameterError(f"num_reconstruction_samples must be >= 1, got {settings.num_reconstruction_samples}")
     sampler = activations.sampler(proto, settings)
     rng = np.random.default_rng(settings.seed)
-    state = _State(model=proto, out_keep={}, pruned_with={})
-    first = layers.analyze(proto, input_dims)
+    first = analysis or layers.analyze(proto, input_dims)  # the step's one graph, edited in place
+    state = _State(model=proto, analysis=first, out_keep={}, pruned_with={})
     order = [l.name for l in first.layers if l.name in ratios]
     stats, skipped = [], []
     for step, name in enumerate(order):
@@ -189,18 +192,61 @@ def prune(proto: onnx.ModelProto, ratios: dict[str, Fraction], settings: Setting
         else:
             stats.append(result)
     progress_mod.update("compressing layers", len(order), len(order))
-    return state.model, stats, skipped
+    if state.model is proto:
+        return proto, stats, skipped
+    return ir.export(state.analysis.graph, proto), stats, skipped  # exported and checked once
 
 
 def _prune_one(state: _State, sampler, name: str, ratio: Fraction, settings: Settings,
                input_dims, multiplicity: int, rng, named: bool):
-    analysis = layers.analyze(state.model, input_dims)
+    analysis = state.analysis
     layer = analysis.find(name)
     if name in state.pruned_with:
         return SkippedLayer(name, layer.op, f"input channels already pruned with the group of "
                                             f"'{state.pruned_with[name]}'")
     group = depgraph.build_group(layer, analysis.graph, analysis.shapes)
+    choice = _choose(state, sampler, layer, group, ratio, settings, multiplicity, rng, named)
+    if isinstance(choice, SkippedLayer):
+        return choice
+    kept, note = choice
     size = group.size
+    removed = np.setdiff1d(np.arange(size), kept)
+    downsampled = removed[group.locked[removed]]  # only with a custom downsample op
+    removed = removed[~group.locked[removed]]
+    in_layers = group.in_layers()
+    for other in in_layers:
+        if other != name:
+            state.pruned_with.setdefault(other, name)
+    before = {l.name: l for l in analysis.compressible}
+    taken = ir.all_names(analysis.graph)
+    removed_out = depgraph.winnow(group, removed, taken)
+    if len(downsampled):
+        _downsample(analysis.graph, group, layer, removed, downsampled, taken)
+        notes_gather = f"channel Gather inserted for {len(downsampled)} locked channel(s)"
+        note = f"{note}; {notes_gather}" if note else notes_gather
+    for lname, idx in removed_out.items():
+        keep_idx = state.out_keep.get(lname)
+        if keep_idx is None:
+            keep_idx = np.arange(_n_out(before[lname]))
+        state.out_keep[lname] = np.delete(keep_idx, idx)
+    _snapshot(state, refresh=True)
+    refits = []
+    if settings.reconstruct:
+        for lname in in_layers:
+            if lname in before and not before[lname].in_subgraph:
+                refits.append(_refit(state, sampler, lname, settings, input_dims, rng))
+    notes = [note] if note else []
+    if extra := ", ".join(n for n in in_layers if n != name):
+        notes.append(f"same group: {extra}")
+    if any(r for r in refits):
+        notes.append("fewer samples than unknowns: refit regularised toward the weights")
+    return _stats(layer, ratio, len(kept), size, "; ".join(notes))
+
+
+def _choose(state: _State, sampler, layer: layers.Layer, group, ratio: Fraction, settings: Settings,
+            multiplicity: int, rng, named: bool):
+    """(kept root channels, note), or the SkippedLayer when the layer keeps them all."""
+    name, size = layer.name, group.size
     n_locked = int(group.locked.sum())
     if group.all_locked and not settings.allow_custom_downsample_ops:
         return SkippedLayer(name, layer.op, f"no channel can be removed: {group.lock_summary()}")
@@ -231,48 +277,19 @@ def _prune_one(state: _State, sampler, name: str, ratio: Fraction, settings: Set
     if len(kept) > keep:
         note = "; ".join(filter(None, [note, f"kept {len(kept)} (not {keep}): every Concat segment / "
                                              "branch of the group keeps a channel"]))
-        keep = len(kept)
-        if keep >= size:
+        if len(kept) >= size:
             return SkippedLayer(name, layer.op, f"ratio {float(ratio):g} keeps all {size} channels once every "
                                                 "branch of its group keeps a channel")
-    removed = np.setdiff1d(np.arange(size), kept)
-    downsampled = removed[group.locked[removed]]  # only with a custom downsample op
-    removed = removed[~group.locked[removed]]
-    in_layers = group.in_layers()
-    for other in in_layers:
-        if other != name:
-            state.pruned_with.setdefault(other, name)
-    before = {l.name: l for l in analysis.compressible}
-    taken = ir.all_names(analysis.graph)
-    removed_out = depgraph.winnow(group, removed, taken)
-    if len(downsampled):
-        _downsample(analysis.graph, group, layer, removed, downsampled, taken)
-        notes_gather = f"channel Gather inserted for {len(downsampled)} locked channel(s)"
-        note = f"{note}; {notes_gather}" if note else notes_gather
-    for lname, idx in removed_out.items():
-        keep_idx = state.out_keep.get(lname)
-        if keep_idx is None:
-            keep_idx = np.arange(_n_out(before[lname]))
-        state.out_keep[lname] = np.delete(keep_idx, idx)
-    state.model = ir.export(analysis.graph, state.model)
-    refits = []
-    if settings.reconstruct:
-        for lname in in_layers:
-            if lname in before and not before[lname].in_subgraph:
-                refits.append(_refit(state, sampler, lname, settings, input_dims, rng))
+    return kept, note
+
+
+def _stats(layer: layers.Layer, ratio: Fraction, keep: int, size: int, note: str) -> LayerStats:
     mac_before = layer.mac
-    frac = Fraction(keep, size)
-    extra = ", ".join(n for n in in_layers if n != name)
-    notes = [note] if note else []
-    if extra:
-        notes.append(f"same group: {extra}")
-    if any(r for r in refits):
-        notes.append("fewer samples than unknowns: refit regularised toward the weights")
     return LayerStats(
-        name=name, op=layer.op, scheme="channel_pruning", requested_ratio=float(ratio),
-        achieved_ratio=float(frac), rank=keep, full_rank=size,
+        name=layer.name, op=layer.op, scheme="channel_pruning", requested_ratio=float(ratio),
+        achieved_ratio=float(Fraction(keep, size)), rank=keep, full_rank=size,
         mac_before=mac_before, mac_after=None if mac_before is None else mac_before * keep // size,
-        memory_before=layer.memory, memory_after=layer.memory * keep // size, note="; ".join(notes),
+        memory_before=layer.memory, memory_after=layer.memory * keep // size, note=note,
     )
 
 
@@ -314,7 +331,7 @@ def _n_out(layer: layers.Layer) -> int:
 
 def _refit(state: _State, sampler, name: str, settings: Settings, input_dims, rng) -> bool:
     """Least-squares refit of layer `name`'s weight (and bias) on the current model."""
-    analysis = layers.analyze(state.model, input_dims)
+    analysis = state.analysis
     layer = analysis.find(name)
     node = layer.node
     fit_bias = layer.op != "MatMul"
@@ -345,8 +362,16 @@ def _refit(state: _State, sampler, name: str, settings: Settings, input_dims, rn
             ir.set_input(node, 2, bias, ir.unique_name(f"{name}.bias", taken))
         else:
             ir.append_input(node, bias, ir.unique_name(f"{name}.bias", taken))
-    state.model = ir.export(analysis.graph, state.model)
+    _snapshot(state)
     return underdetermined
+
+
+def _snapshot(state: _State, refresh: bool = False) -> None:
+    """An unchecked export of the step's graph for ONNX Runtime to sample; with `refresh`
+    (channels changed), the shapes and layers are read anew from it."""
+    state.model = ir.export(state.analysis.graph, state.model, check=False)
+    if refresh:
+        state.analysis = layers.refresh(state.analysis, state.model)
 
 
 

@@ -65,7 +65,8 @@ class ChannelPruning(Scheme):
         analysis = layers.analyze(model, ctx.dims)
         plans, skipped = self.plan(analysis, ratios, ignored)
         out, stats, more = prune.prune(model, plans, ctx.settings, ctx.dims, ctx.multiplicity,
-                                       named=isinstance(ratios, dict), activations=ctx.activations)
+                                       named=isinstance(ratios, dict), activations=ctx.activations,
+                                       analysis=analysis)
         return StepResult(out, stats, skipped + more)
 
     def units(self, model, analysis: Analysis, names: list[str], keys: list[float], ctx: Context):

@@ -119,20 +119,20 @@ def _unit(root, group, members, sampler, rng, keys, settings, costs, multiplicit
     if not choices:
         return None
     base = _owned_cost(group, costs)
-    cands, removed_by_key = [], {}
+    cands, removed_by_size = [], {size: np.zeros(0, dtype=np.int64)}  # the full size removes nothing
     effects = {key: _effects(group, removed, costs) for key, _, removed, _ in choices}
     for key, keep, removed, cost in choices:
         cands.append(Candidate(key, keep, cost, Fraction(keep, size), footprint(effects[key])))
-        removed_by_key[key] = removed
+        removed_by_size[keep] = removed
 
     def preview(c: Candidate) -> dict[str, np.ndarray]:
-        return _overrides(group, members, samples, grams, removed_by_key[c.key], settings)
+        return _overrides(group, members, samples, grams, removed_by_size[c.size], settings)
 
     weights = [m.node.inputs[1].name for m in members]
     if settings.reconstruct:
         weights += [m.node.inputs[2].name for m in members if _has_bias(m)]
     touched = tuple(dict.fromkeys(name for name, _ in effects[choices[0][0]]))
-    return Unit(root.name, cands, preview, base, tuple(weights), touched, data=effects)
+    return Unit(root.name, cands, preview, base, tuple(weights), touched, data=effects, size=size)
 
 
 def footprint(effects: dict[tuple[str, str], Fraction]) -> dict[str, Fraction]:

@@ -95,8 +95,7 @@ def refit_second_factors(current: onnx.ModelProto, original: onnx.ModelProto, pl
             gains[layer.name] = 1.0
             continue
         gains[layer.name] = float(after / before) if before > 0 else 1.0
-        replacement = onnx.numpy_helper.from_array(b_new.astype(b_old.dtype), second.input[1])
-        inits[second.input[1]].CopyFrom(replacement)
+        ir.set_initializer(inits[second.input[1]], b_new.astype(b_old.dtype))
         log.info("refit %s: output error x%.3f", layer.name, gains[layer.name])
     progress_mod.update("refitting SVD factors", len(todo), len(todo))
     return current, gains

@@ -186,7 +186,7 @@ class SvdScheme(Scheme):
         if not cands:
             return "no candidate rank fits (layer too small for these ratios)"
         return Unit(layer.name, cands, _preview(layer, self.name, cov, len(cands)), rc.before,
-                    (layer.node.inputs[1].name,), (layer.name,))
+                    (layer.node.inputs[1].name,), (layer.name,), size=rc.full_rank)
 
     def variants(self, analysis: Analysis, unit: Unit, opset: int):
         layer = analysis.find(unit.name)
