@@ -18,7 +18,7 @@ class CompressionScheme(Enum):
 class CostMetric(Enum):
     mac = "mac"
     memory = "memory"
-    latency = "latency"  # auto mode only: layers timed with ONNX Runtime (onnx_compress.latency)
+    latency = "latency"  # auto mode only: layers timed with ONNX Runtime (onnx_compress.search.latency)
 
 
 class RankSelectScheme(Enum):

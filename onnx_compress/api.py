@@ -354,7 +354,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     threshold method on the real combined model (a few more evaluations) and keep the best.
     `visualization`: path of an HTML report to write (see onnx_compress.report).
 
-    Latency (onnx_compress.latency): every unit's original layer and candidates are timed
+    Latency (onnx_compress.search.latency): every unit's original layer and candidates are timed
     alone with ONNX Runtime on the chosen provider (`use_cuda`) at `latency_batch_size`
     (default: the model's batch, 1 when dynamic), the 20th percentile of up to
     `latency_repeats` interleaved rounds (progress stage "measuring latency"). With

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import ParameterError
 
-METRICS = ("mac", "memory", "latency")  # latency: measured (onnx_compress.latency), auto mode only
+METRICS = ("mac", "memory", "latency")  # latency: measured (onnx_compress.search.latency), auto mode only
 
 
 def as_fraction(ratio: float | int | str | Fraction) -> Fraction:

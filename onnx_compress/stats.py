@@ -58,10 +58,10 @@ class CompressionStats:
     parameters: dict = field(default_factory=dict)
     # auto mode when layers were timed (cost_metric "latency" or the slower-split check):
     # batch size, provider, per-layer-sum and end-to-end latency (ns) before/after, per-unit
-    # timings, dropped candidates (onnx_compress.latency.summary)
+    # timings, dropped candidates (onnx_compress.search.latency.summary)
     latency: dict | None = None
     # channel pruning: how many of the model's channel groups (one per layer it could take)
-    # are locked whole, and why (onnx_compress.pruning.lock_census)
+    # are locked whole, and why (onnx_compress.schemes.pruning.prune.lock_census)
     channel_groups: dict | None = None
 
     @property

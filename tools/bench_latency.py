@@ -2,7 +2,7 @@
 
 1. Per layer, on models/resnet_small.onnx and AIMET's anchor (../shared/anchors), at
    batch 1 and 64: every weight/spatial SVD candidate (MAC ratio i/10) timed against its
-   original layer with onnx_compress.latency (each layer alone, ORT CPU, interleaved
+   original layer with onnx_compress.search.latency (each layer alone, ORT CPU, interleaved
    rounds, median): how many splits are slower, and the latency ratio at MAC ratio 0.8
    and 0.5.
 2. Auto mode on the anchor, weight SVD, target 0.8: cost metric mac (AIMET's setting),
@@ -127,7 +127,7 @@ def main() -> None:
     autos = [] if args.no_auto else auto_rows(batches)
     lines = [BEGIN, "## Latency: are the splits faster?", "",
              f"`python tools/bench_latency.py --batches {args.batches}`: every candidate of every eligible layer "
-             "(MAC ratio i/10) timed against its original layer with `onnx_compress.latency` (each layer alone "
+             "(MAC ratio i/10) timed against its original layer with `onnx_compress.search.latency` (each layer alone "
              "as a one-node model, ORT CPUExecutionProvider, default threads, up to 21 interleaved rounds, "
              "20th percentile of each). The machine is a shared 2-core VM with other jobs running, so single "
              "figures are noisy; counts and medians are what to read.", "",

@@ -72,9 +72,6 @@ class Unit:
     data: dict | None = None
     size: int = 0
 
-    def overrides(self, candidate: Candidate) -> dict[str, np.ndarray]:  # the older name
-        return self.preview(candidate)
-
 
 @dataclass(frozen=True)
 class StepResult:

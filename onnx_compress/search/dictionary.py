@@ -10,7 +10,7 @@
    optimisation kept (runtime.WeightSwapper). Optional worker threads.
 3. Selection: one candidate per unit (1.0 included) maximising the expected score under
    the target, by an exact multiple-choice knapsack (or AIMET's threshold bisection,
-   for comparison); see select/solve.py.
+   for comparison); see search/solve.py.
 """
 from __future__ import annotations
 
