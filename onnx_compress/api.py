@@ -18,11 +18,10 @@ from . import cost, files, ir, layers, runtime
 from . import data as data_mod
 from .errors import CompressionError, LayerError, ParameterError, ShapeError
 from .options import Calibration, Latency, Search, Settings, as_flat, gather, refuse_unknown
-from .runtime.activations import Activations
-from .schemes import SCHEMES, Context, Scheme
+from .schemes import SCHEMES, Scheme
 from .schemes import get as get_scheme
 from .schemes.base import UNCHANGED
-from .search.auto import reasons
+from .search.auto import context, reasons, require_eligible
 from .stats import CompressionStats, describe_parameters, per_layer_rows
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     dims = first.input_dims
     ignored = _ignored(first, modules_to_ignore)
     if not any(isinstance(r, dict) for r in step_ratios):
-        _require_eligible(first, steps, ignored, model)
+        require_eligible(first, steps, ignored, _where(model))
     baseline = runtime.evaluate(proto, eval_callback, eval_iterations, use_cuda) if eval_callback else None
     current, layer_stats, skipped, census = _pipeline(proto, first, steps, step_ratios, metric, multiplicity,
                                                       settings, ignored)
@@ -128,12 +127,6 @@ def _pipeline(proto, first, steps: list[Scheme], step_ratios, metric, multiplici
         layer_stats += result.layers
         skipped += result.skipped
     return current, layer_stats, skipped, census
-
-
-def context(metric: str, multiplicity: int, dims, settings: Settings | None, rank_select: str = "greedy") -> Context:
-    """A step's context, with the calibration service when there is data."""
-    activations = Activations(settings) if settings is not None and settings.data is not None else None
-    return Context(metric, multiplicity, dims, settings, activations, rank_select)
 
 
 def _settings(data, c: Calibration, use_cuda: bool, reference=None) -> Settings:
@@ -238,20 +231,6 @@ def _as_ratio_spec(ratios):
 
 def _where(model) -> str:
     return str(model) if isinstance(model, (str, os.PathLike)) else "the model"
-
-
-def _require_eligible(analysis: layers.Analysis, steps: list[Scheme], ignored: dict[str, str], model) -> None:
-    """LayerError, before any work, when no step of `steps` applies to any layer of the model
-    (every layer refused, ignored or of a kind the scheme cannot take), with the reasons."""
-    why: dict[str, str] = {l.name: l.reason for l in analysis.layers if l.reason}
-    for layer in analysis.compressible:
-        for step in steps:
-            reason = ignored.get(layer.name) or step.check(layer)
-            if reason is None:
-                return
-            why.setdefault(layer.name, reason)
-    raise LayerError(f"no layer of {_where(model)} can be compressed by {'+'.join(s.name for s in steps)}: "
-                     f"{reasons(list(why.items()))}")
 
 
 def inspect(model, input_shape=None) -> layers.Analysis:
@@ -392,12 +371,8 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     job = auto_mod.Job(
         scheme=step, target=target_q, metric=metric, eval=auto_mod.Eval(eval_callback, eval_iterations, use_cuda),
         multiplicity=multiplicity, keys=auto_mod.candidate_keys(search.rank_select, search.candidates),
-        use_monotonic_fit=search.use_monotonic_fit, method=search.method, rank_select=search.rank_select,
-        modules_to_ignore=search.modules_to_ignore, config_list=search.config_list,
-        saved_eval_scores_dict=search.saved_eval_scores_dict, scores_out=search.scores_out,
-        workers=search.workers, trainer=search.trainer, progress=search.progress,
-        verify_finalists=search.verify_finalists, timer=timer, allow_slower_splits=latency.allow_slower_splits,
-        report=report_path, parameters=parameters)
+        search=search, timer=timer, allow_slower_splits=latency.allow_slower_splits, report=report_path,
+        parameters=parameters)
     proto = ir.load(model)
     first = layers.analyze(proto, input_shape, _data_shapes(data) if data is not None else None)
     _require_layers(first, every=True)

@@ -18,7 +18,7 @@ import onnx
 
 from .. import layers, runtime
 from ..errors import CompressionError, LayerError, ParameterError, ShapeError
-from ..options import Settings
+from ..options import Search, Settings
 from ..runtime.activations import Activations
 from ..schemes import Context, Scheme
 from ..stats import CompressionStats, SkippedLayer, per_layer_rows
@@ -46,7 +46,8 @@ class Eval:
 
 @dataclass(frozen=True)
 class Job:
-    """An auto-mode run, validated by the API."""
+    """An auto-mode run, validated by the API (`search`: the options as given; `keys`: the
+    candidate keys they resolve to)."""
 
     scheme: Scheme
     target: Fraction
@@ -54,17 +55,7 @@ class Job:
     eval: Eval
     multiplicity: int
     keys: list[float]
-    use_monotonic_fit: bool = False
-    method: str = "knapsack"
-    rank_select: str = "greedy"
-    modules_to_ignore: object = None
-    config_list: object = None
-    saved_eval_scores_dict: object = None
-    scores_out: object = None
-    workers: int = 1
-    trainer: object = None
-    progress: Callable | None = None
-    verify_finalists: bool = True
+    search: Search = dataclasses.field(default_factory=Search)
     timer: latency.Timer | None = None
     allow_slower_splits: bool | None = None
     report: str | None = None
@@ -114,8 +105,7 @@ def run(job: Job, proto: onnx.ModelProto, first: layers.Analysis, settings: Sett
         where: str) -> tuple[onnx.ModelProto, CompressionStats]:
     """Auto mode on `proto` (analysed as `first`); returns the model and its statistics."""
     scheme = job.scheme
-    activations = Activations(settings) if settings is not None else None
-    ctx = Context(job.grid, job.multiplicity, first.input_dims, settings, activations, job.rank_select)
+    ctx = context(job.grid, job.multiplicity, first.input_dims, settings, job.search.rank_select)
     r = _Run(job, proto, first, ctx, where)
     resolution = _resolve(r)
     current = proto
@@ -143,8 +133,8 @@ def run(job: Job, proto: onnx.ModelProto, first: layers.Analysis, settings: Sett
     if job.metric == "latency":
         total, current_total = timed.total, timed.current_total
         measure = _latency_measure(scheme, current, r.dims, job.timer)
-    problem = finalists.Problem(units, scores, current, current_total, total, job.target, job.method,
-                                job.use_monotonic_fit, _costs(current, r.dims, job.grid), scheme.exact_costs)
+    problem = finalists.Problem(units, scores, current, current_total, total, job.target, job.search.method,
+                                job.search.use_monotonic_fit, _costs(current, r.dims, job.grid), scheme.exact_costs)
     chosen, out = _select(r, problem, current, measure, timed)
     return out, _stats(r, out, chosen, scores, resolution, total, timed, measure, analysis)
 
@@ -153,19 +143,32 @@ def _resolve(r: _Run):
     scheme, first = r.job.scheme, r.first
     eligible = [l for l in first.compressible if scheme.check(l) is None]
     if not eligible:
-        _no_layer(r)
-    resolution = config_mod.resolve(eligible, r.job.config_list, r.job.modules_to_ignore)
+        require_eligible(first, [scheme], {}, r.where)
+    resolution = config_mod.resolve(eligible, r.job.search.config_list, r.job.search.modules_to_ignore)
     r.skipped += [SkippedLayer(l.name, l.op, l.reason) for l in first.layers if l.reason]
     r.skipped += [SkippedLayer(l.name, l.op, scheme.check(l)) for l in first.compressible if scheme.check(l)]
     r.skipped += [SkippedLayer(n, first.find(n).op, why) for n, why in resolution.excluded.items()]
     return resolution
 
 
-def _no_layer(r: _Run) -> None:
-    why: dict[str, str] = {l.name: l.reason for l in r.first.layers if l.reason}
-    for layer in r.first.compressible:
-        why.setdefault(layer.name, r.job.scheme.check(layer))
-    raise LayerError(f"no layer of {r.where} can be compressed by {r.job.scheme.name}: {reasons(list(why.items()))}")
+def require_eligible(analysis: layers.Analysis, steps: list[Scheme], ignored: dict[str, str], where: str) -> None:
+    """LayerError, before any work, when no step of `steps` applies to any layer of the model
+    (every layer refused, ignored or of a kind the scheme cannot take), with the reasons."""
+    why: dict[str, str] = {l.name: l.reason for l in analysis.layers if l.reason}
+    for layer in analysis.compressible:
+        for step in steps:
+            reason = ignored.get(layer.name) or step.check(layer)
+            if reason is None:
+                return
+            why.setdefault(layer.name, reason)
+    raise LayerError(f"no layer of {where} can be compressed by {'+'.join(s.name for s in steps)}: "
+                     f"{reasons(list(why.items()))}")
+
+
+def context(metric: str, multiplicity: int, dims, settings: Settings | None, rank_select: str = "greedy") -> Context:
+    """A step's context, with the calibration service when there is data."""
+    activations = Activations(settings) if settings is not None and settings.data is not None else None
+    return Context(metric, multiplicity, dims, settings, activations, rank_select)
 
 
 def _costs(model: onnx.ModelProto, dims, metric: str):
@@ -190,8 +193,7 @@ def _dry_run(r: _Run, model, analysis, names: list[str]) -> None:
         return
     others = {layer.name: "not in this run" for layer in analysis.compressible if layer.name not in set(names)}
     quick = r.job.scheme.quick(r.ctx.settings)
-    ctx = dataclasses.replace(r.ctx, settings=quick,
-                              activations=Activations(quick) if quick is not None and quick.data is not None else None)
+    ctx = context(r.ctx.metric, r.ctx.multiplicity, r.dims, quick, r.ctx.rank_select)
     try:
         r.job.scheme.apply(model, 0.5, ctx, others)
     except CompressionError as exc:
@@ -227,16 +229,16 @@ def _dictionary(r: _Run, current, units):
     job = r.job
     digest = scores_io.model_digest(current.SerializeToString())
     scheme_key = job.scheme.table_key(r.ctx)
-    if job.saved_eval_scores_dict is not None:
-        table = scores_io.load(job.saved_eval_scores_dict)
+    if job.search.saved_eval_scores_dict is not None:
+        table = scores_io.load(job.search.saved_eval_scores_dict)
         scores_io.check_matches(table, digest, scheme_key, job.grid, job.keys, [u.name for u in units])
         scores = dictionary.from_table(table)
-        scores.loaded_from = str(job.saved_eval_scores_dict)
+        scores.loaded_from = str(job.search.saved_eval_scores_dict)
     else:
         scores = dictionary.build_dictionary(current, units, job.eval.callback, job.eval.iterations,
-                                             job.eval.use_cuda, workers=job.workers, progress=job.progress)
-    if job.scores_out is not None:
-        scores_io.save(dictionary.to_table(scores, digest, scheme_key, job.grid, job.keys), job.scores_out)
+                                             job.eval.use_cuda, workers=job.search.workers, progress=job.search.progress)
+    if job.search.scores_out is not None:
+        scores_io.save(dictionary.to_table(scores, digest, scheme_key, job.grid, job.keys), job.search.scores_out)
     return scores
 
 
@@ -264,10 +266,10 @@ def _select(r: _Run, problem: finalists.Problem, current, measure, timed):
         return Fraction(measure(out, sel) if measure else layers.analyze(out, r.dims).total(job.grid), problem.total)
 
     exact = timed.estimator() if measure is not None and not job.scheme.exact_costs else None
-    tries = 4 if not job.scheme.exact_costs and job.trainer is None else 1
+    tries = 4 if not job.scheme.exact_costs and job.search.trainer is None else 1
     try:
         chosen, out, step_stats, more = finalists.select_and_apply(
-            problem, build, achieved, verify=job.eval.triple if job.verify_finalists else None, exact=exact,
+            problem, build, achieved, verify=job.eval.triple if job.search.verify_finalists else None, exact=exact,
             tries=tries, measured=measure is not None)
     except ParameterError as exc:
         if "cannot be reached" not in str(exc):
@@ -285,7 +287,7 @@ def _ratio_of(unit, key: float) -> Fraction:
 
 def _final(r: _Run, proto, ratios):
     """Apply the chosen ratios; with a trainer, one layer at a time, training after each."""
-    scheme, trainer = r.job.scheme, r.job.trainer
+    scheme, trainer = r.job.scheme, r.job.search.trainer
     if trainer is None or not ratios:
         step = scheme.apply(proto, ratios, r.ctx)
         return step.model, step.layers, step.skipped
@@ -306,7 +308,7 @@ def _stats(r: _Run, out, chosen, scores, resolution, total, timed, measure, anal
     final = job.eval.score(out)
     after = layers.analyze(out, r.dims)
     selection_info = {
-        "method": job.method, "rank_select": job.rank_select, "target": float(job.target), "candidates": job.keys,
+        "method": job.search.method, "rank_select": job.search.rank_select, "target": float(job.target), "candidates": job.keys,
         "baseline": scores.baseline,
         "scores": {u: {scores_io.format_ratio(k): v for k, v in s.items()} for u, s in scores.scores.items()},
         "chosen": {u: opt.ratio for u, opt in chosen.choices.items()},
@@ -358,10 +360,15 @@ def reasons(items: list[tuple[str, str]]) -> str:
     if not items:
         return f"it has no {', '.join(layers.LAYER_OPS[:-1])} or {layers.LAYER_OPS[-1]} layer"
     name, reason = items[0]
-    if len(items) == 1:
-        return f"'{name}': {reason}"
-    counts = Counter(r.split(":")[0][:70] for _, r in items)
-    return (f"'{name}': {reason} (+{len(items) - 1} more; by reason: "
+    return f"'{name}': {reason}{_more([r for _, r in items])}"
+
+
+def _more(found: list[str]) -> str:
+    """' (+k more; by reason: r (n), ...)' after the first of `found` reasons ('' for one)."""
+    if len(found) <= 1:
+        return ""
+    counts = Counter(r.split(":")[0][:70] for r in found)
+    return (f" (+{len(found) - 1} more; by reason: "
             + ", ".join(f"{k} ({n})" for k, n in counts.most_common(3)) + ")")
 
 
@@ -371,8 +378,4 @@ def left_out(units, skipped) -> str:
     gone = [s for s in skipped if s.reason]
     if not gone:
         return text
-    counts = Counter(s.reason.split(":")[0][:70] for s in gone)
-    first = gone[0]
-    more = "" if len(gone) == 1 else (f" (+{len(gone) - 1} more; by reason: "
-                                       + ", ".join(f"{k} ({n})" for k, n in counts.most_common(3)) + ")")
-    return f"{text}, left out: '{first.name}': {first.reason}{more}"
+    return f"{text}, left out: '{gone[0].name}': {gone[0].reason}{_more([s.reason for s in gone])}"

@@ -400,7 +400,7 @@ class Prepared:
         return lambda choices: estimate(self.units, self.lat, self.current_layers, choices)
 
 
-def prepare(proto: onnx.ModelProto, current: onnx.ModelProto, dims: dict, units: list, scheme: str,
+def prepare(proto: onnx.ModelProto, current: onnx.ModelProto, dims: dict, units: list, scheme,
             metric: str, timer: Timer, allow_slower: bool) -> Prepared:
     """Time every unit's candidates; drop the slower ones unless `allow_slower`; under the
     latency metric, make the measured latencies the units' costs and time the models' totals."""

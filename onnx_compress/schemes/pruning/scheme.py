@@ -89,9 +89,6 @@ class ChannelPruning(Scheme):
             out.append((name, ref, by_key))
         return out
 
-    def table_key(self, ctx: Context) -> str:
-        return self.name + (f"/multiplicity-{ctx.multiplicity}" if ctx.multiplicity > 1 else "")
-
     def quick(self, settings):
         return dataclasses.replace(settings, reconstruct=False, selection="magnitude",
                                    num_reconstruction_samples=min(64, settings.num_reconstruction_samples))

@@ -38,11 +38,12 @@ class SvdScheme(Scheme):
     rank_selects = ("greedy", "tar")
 
     def __init__(self, name: str, check: Callable[[Layer], str | None],
-                 rank_cost: Callable[[Layer, str], RankCost], specs: Callable):
+                 rank_cost: Callable[[Layer, str], RankCost], specs: Callable, refits: bool = False):
         self.name = name
         self.check = check
         self.rank_cost = rank_cost
         self.specs = specs
+        self.refits = refits  # --svd-refit applies (weight SVD: the second factor is a Gemm/MatMul weight)
 
     # ---------------------------------------------------------------- eligibility
     def reason(self, layer: Layer, analysis: Analysis | None = None, metric: str = "mac") -> str | None:
@@ -124,7 +125,7 @@ class SvdScheme(Scheme):
         new_nodes = apply_plans(analysis, self, plans, moments)
         out = ir.export(analysis.graph, model)
         gains = {}
-        if self.name == "weight_svd" and plans and ctx.data_aware and ctx.settings.svd_refit:
+        if self.refits and plans and ctx.data_aware and ctx.settings.svd_refit:
             from .refit import refit_second_factors
 
             out, gains = refit_second_factors(out, model, plans, new_nodes, ctx.settings, ctx.activations)
@@ -237,5 +238,5 @@ def apply_plans(analysis: Analysis, scheme: SvdScheme, plans: list[RankPlan],
     return new_nodes
 
 
-WEIGHT_SVD = SvdScheme("weight_svd", svd.check_weight_svd, svd.weight_svd_cost, svd.weight_svd_specs)
+WEIGHT_SVD = SvdScheme("weight_svd", svd.check_weight_svd, svd.weight_svd_cost, svd.weight_svd_specs, refits=True)
 SPATIAL_SVD = SvdScheme("spatial_svd", svd.check_spatial_svd, svd.spatial_svd_cost, svd.spatial_svd_specs)
