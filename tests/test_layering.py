@@ -28,7 +28,7 @@ ROOMS: list[tuple[str, tuple[str, ...]]] = [
     ("schemes", ("schemes",)),
     ("search", ("search",)),
     ("api", ("api", "report")),
-    ("faces", ("aimet", "cli", "__init__", "__main__")),
+    ("faces", ("aimet", "aimet_tensorflow", "nni", "cli", "__init__", "__main__")),
 ]
 LEVEL = {top: level for level, (_, tops) in enumerate(ROOMS) for top in tops}
 ROOM = {top: room for room, tops in ROOMS for top in tops}
