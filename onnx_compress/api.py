@@ -324,7 +324,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     choose the layers (NNI style; entries with a `ratio` are fixed). The dictionary is
     returned in the statistics, saved as JSON to `scores_out` when given, and reused from
     `saved_eval_scores_dict` (a path) without evaluations when it matches the model.
-    `trainer.train_model(model, layer_name, train_flag=True) -> ModelProto` is called after
+    `trainer.train_model(model, layer_name, train_flag=True) -> ModelProto or None` is called after
     each layer of the final compression. `progress(done, total)` reports the dictionary.
     `reference_model` (channel pruning after another step): the uncompressed model whose
     layer outputs the pruned layers are refit toward, where it has them (so the refit also

@@ -8,6 +8,8 @@ decimal value, so 0.3 means 3/10, not 0.29999999999999998.
 """
 from __future__ import annotations
 
+from enum import Enum
+
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -39,7 +41,7 @@ def check_ratio(ratio, where: str) -> Fraction:
 
 
 def check_metric(metric: str) -> str:
-    metric = str(getattr(metric, "value", metric)).lower()
+    metric = str(metric.name if isinstance(metric, Enum) else metric).lower()
     if metric not in METRICS:
         raise ParameterError(f"cost metric must be one of {METRICS}, got {metric!r}")
     return metric

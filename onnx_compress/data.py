@@ -46,10 +46,67 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return arrays
 
 
+@dataclass(frozen=True)
+class Positional:
+    """The key of an unnamed array in a feed: the model's `index`-th input."""
+
+    index: int
+
+    def __str__(self) -> str:
+        return f"input #{self.index}"
+
+
+def _arraylike(x) -> bool:
+    return isinstance(x, np.ndarray) or (hasattr(x, "__array__") and not isinstance(x, (str, bytes, Mapping)))
+
+
+def _unnamed(item) -> dict:
+    """A feed from a batch that names no input, as torch DataLoaders and tf.data yield them:
+    an array (or tensor with __array__) for a one-input model, `(inputs, labels)` with
+    inputs an array or a tuple of arrays (one per model input, in order), or `(inputs,)`."""
+    if _arraylike(item):
+        return {Positional(0): np.asarray(item)}
+    if isinstance(item, (tuple, list)) and item:
+        inputs, rest = item[0], item[1:]
+        feed = {}
+        if isinstance(inputs, Mapping):
+            feed = dict(inputs)
+        elif _arraylike(inputs):
+            feed = {Positional(0): np.asarray(inputs)}
+        elif isinstance(inputs, (tuple, list)) and inputs and all(_arraylike(v) for v in inputs):
+            feed = {Positional(i): np.asarray(v) for i, v in enumerate(inputs)}
+        else:
+            raise DataError(f"data items: cannot read the inputs of a {type(item).__name__} batch "
+                            f"(its first element is a {type(inputs).__name__})")
+        if rest and _arraylike(rest[0]):
+            feed[LABELS] = np.asarray(rest[0])
+        return feed
+    raise DataError("data items must be dicts of input name -> array, arrays, or (inputs, labels) "
+                    f"tuples; got {type(item).__name__}")
+
+
+def _named(feed: dict, specs) -> dict:
+    """`feed` with its Positional keys replaced by the model's input names, in order."""
+    positional = sorted((k for k in feed if isinstance(k, Positional)), key=lambda k: k.index)
+    if not positional:
+        return feed
+    names = list(specs)
+    if len(positional) != len(names):
+        raise DataError(f"the data gives {len(positional)} unnamed input array(s) per batch, the model has "
+                        f"{len(names)} input(s) {names}: give dicts of input name -> array")
+    out = {k: v for k, v in feed.items() if not isinstance(k, Positional)}
+    out.update({names[k.index]: feed[k] for k in positional})
+    return out
+
+
 def _raw(source) -> Iterator[tuple[bool, dict]]:
     """(whole, feed) pairs: whole=True for the one feed of all arrays of an .npz or dict
-    (still to be cut into batches), False for each feed of an iterable or reader."""
-    if isinstance(source, (str, os.PathLike)):
+    (still to be cut into batches), False for each feed of an iterable or reader. A bare
+    array is the whole data of a one-input model; an iterable's items may be feed dicts,
+    arrays or (inputs, labels) tuples (`_unnamed`), whose arrays are keyed `Positional`."""
+    if _arraylike(source):
+        yield True, {Positional(0): np.asarray(source)}
+    elif isinstance(source, (str, os.PathLike)):
         yield True, load_npz(source)
     elif isinstance(source, Mapping):
         yield True, dict(source)
@@ -60,12 +117,11 @@ def _raw(source) -> Iterator[tuple[bool, dict]]:
             yield False, dict(feed)
     elif isinstance(source, Iterable):
         for feed in source:
-            if not isinstance(feed, Mapping):
-                raise DataError(f"data items must be dicts of input name -> array, got {type(feed).__name__}")
-            yield False, dict(feed)
+            yield False, dict(feed) if isinstance(feed, Mapping) else _unnamed(feed)
     else:
         raise DataError(
-            "data must be an .npz path, a dict of arrays, an iterable of feed dicts, or a "
+            "data must be an .npz path, a dict of arrays, an array, an iterable of feed dicts, arrays or "
+            "(inputs, labels) batches, or a "
             f"CalibrationDataReader; got {type(source).__name__}"
         )
 
@@ -97,7 +153,7 @@ def first_shapes(source) -> dict[str, tuple[int, ...]]:
     """Shapes of the arrays of `source` as given (labels excluded): all of an .npz or
     dict's arrays, uncut; the first feed of an iterable or reader."""
     for _, feed in _raw(source):
-        return {k: tuple(np.shape(v)) for k, v in feed.items() if k != LABELS}
+        return {k: tuple(np.shape(v)) for k, v in feed.items() if k != LABELS and not isinstance(k, Positional)}
     raise DataError("the data source is empty")
 
 
@@ -332,6 +388,7 @@ def model_feeds(source, specs: Mapping[str, InputSpec], batch_size: int = 64,
     static = static_batch_model(specs)
     dims = {k: s.dims for k, s in specs.items() if s.dims is not None}
     for whole, feed in _raw(source):
+        feed = _named(feed, specs)
         missing = [name for name in specs if name not in feed]
         if missing:
             check_feed(feed, specs, where)  # raises, naming the missing inputs

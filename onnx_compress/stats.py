@@ -27,6 +27,11 @@ class LayerStats:
     new_nodes: tuple[str, ...] = ()
     note: str = ""
 
+    @property
+    def compression_ratio(self) -> float:
+        """AIMET's name: the achieved ratio under the run's cost metric."""
+        return self.achieved_ratio
+
 
 @dataclass(frozen=True)
 class SkippedLayer:
@@ -73,6 +78,34 @@ class CompressionStats:
     @property
     def memory_ratio(self) -> float:
         return self.memory_after / self.memory_before if self.memory_before else 1.0
+
+    # AIMET's CompressionStats names, with AIMET's meaning (ratios: compressed / original)
+    @property
+    def baseline_model_accuracy(self) -> float | None:
+        return self.baseline_score
+
+    @property
+    def compressed_model_accuracy(self) -> float | None:
+        return self.final_score
+
+    @property
+    def mac_compression_ratio(self) -> float | None:
+        return self.mac_ratio
+
+    @property
+    def memory_compression_ratio(self) -> float:
+        return self.memory_ratio
+
+    @property
+    def per_layer_stats(self) -> tuple[LayerStats, ...]:
+        """AIMET's per-layer list: each has `.name` and `.compression_ratio` (achieved)."""
+        return self.layers
+
+    @property
+    def compression_ratio_selection_stats(self) -> dict | None:
+        """Auto mode: the eval-score dictionary {layer: {ratio: score}} (AIMET's
+        eval_scores_dictionary); None in manual mode."""
+        return None if not self.selection else self.selection.get("scores")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -217,7 +250,7 @@ def describe_parameters(values: dict) -> dict:
     out = {}
     for key, value in values.items():
         if isinstance(value, enum.Enum):
-            value = value.value
+            value = value.name
         if isinstance(value, numbers.Rational) and not isinstance(value, (bool, int)):
             value = float(value)
         if value is None or isinstance(value, (bool, int, float, str)):

@@ -307,3 +307,117 @@ def test_channel_pruning_builds_close_finalists_and_keeps_the_best_built(monkeyp
     assert len(real) == len(estimated) >= 2
     assert stats.final_score == pytest.approx(max(v["score"] for v in real), abs=1e-9)
     assert stats.mac_ratio <= 0.6
+
+
+def test_aimet_weight_svd_auto_mode_params_in_aimets_order():
+    g = oc.GreedySelectionParameters(0.6, num_comp_ratio_candidates=5)
+    P = oc.WeightSvdParameters.AutoModeParams
+    for auto in (P(rank_select_scheme=oc.RankSelectScheme.greedy, select_params=g, modules_to_ignore=["c1"]),
+                 P(oc.RankSelectScheme.greedy, g, ["c1"]),           # AIMET's positional order
+                 P(g, ["c1"], oc.RankSelectScheme.greedy),           # this project's earlier order
+                 P(greedy_select_params=g, modules_to_ignore=["c1"])):
+        assert auto.select_params is g and auto.greedy_params is g and auto.modules_to_ignore == ["c1"]
+        assert auto.rank_select_scheme == oc.RankSelectScheme.greedy
+    assert P(oc.RankSelectScheme.tar, g).rank_select_scheme == oc.RankSelectScheme.tar
+    with pytest.raises(oc.ParameterError, match="select_params"):
+        P(oc.RankSelectScheme.greedy)
+    with pytest.raises(oc.ParameterError, match="cannot use int"):
+        P(oc.RankSelectScheme.greedy, g, 3)
+    model = wide_cnn()
+    params = oc.WeightSvdParameters(oc.WeightSvdParameters.Mode.auto,
+                                    P(oc.RankSelectScheme.greedy, g, modules_to_ignore=["c1"]))
+    assert params.mode_params is params.params
+    out, stats = oc.ModelCompressor.compress_model(model, Counting(model), None, (1, 3, 16, 16),
+                                                   oc.CompressionScheme.weight_svd, oc.CostMetric.mac, params)
+    native, nstats = oc.compress_auto(model, "weight_svd", 0.6, Counting(model), candidates=5,
+                                      modules_to_ignore=["c1"], input_shape=(1, 3, 16, 16))
+    assert out.SerializeToString() == native.SerializeToString() and "c1" not in stats.selection["scores"]
+
+
+def test_aimet_svd_data_loader_is_data_aware_exactly_as_native_data():
+    model = wide_cnn()
+    data = nets.calib(model, 16)
+    manual = oc.SpatialSvdParameters.ManualModeParams([oc.ModuleCompRatioPair("c2", 0.5),
+                                                       oc.ModuleCompRatioPair("c3", 0.4)])
+    params = oc.SpatialSvdParameters(oc.SpatialSvdParameters.Mode.manual, manual, data_loader=data)
+    out, _ = oc.ModelCompressor.compress_model(model, None, None, (1, 3, 16, 16),
+                                               oc.CompressionScheme.spatial_svd, oc.CostMetric.mac, params)
+    aware, _ = oc.compress(model, "spatial_svd", {"c2": 0.5, "c3": 0.4}, data=data, input_shape=(1, 3, 16, 16))
+    plain, _ = oc.compress(model, "spatial_svd", {"c2": 0.5, "c3": 0.4}, input_shape=(1, 3, 16, 16))
+    assert out.SerializeToString() == aware.SerializeToString()
+    assert out.SerializeToString() != plain.SerializeToString()
+
+
+def test_trainer_returning_none_keeps_the_model():
+    model = wide_cnn()
+    seen = []
+
+    class InPlaceTrainer:  # AIMET's trainers fine-tune in place and return None
+        def train_model(self, m, layer, train_flag=True):
+            seen.append(layer)
+
+    out, stats = oc.compress_auto(model, "weight_svd", 0.6, Counting(model), candidates=5, trainer=InPlaceTrainer())
+    plain, _ = oc.compress_auto(model, "weight_svd", 0.6, Counting(model), candidates=5)
+    assert set(seen) == {l.name for l in stats.layers}
+    x = nets.calib(model, 2, seed=1)
+    np.testing.assert_allclose(b.run(out, x)[0], b.run(plain, x)[0], rtol=1e-5, atol=1e-5)
+
+    class Bad:
+        def train_model(self, m, layer, train_flag=True):
+            return "model"
+
+    with pytest.raises(oc.ParameterError, match="ModelProto or None, got str"):
+        oc.compress_auto(model, "weight_svd", 0.6, Counting(model), candidates=5, trainer=Bad())
+
+
+def test_data_loaders_yielding_tuples_arrays_or_tensors_equal_feed_dicts():
+    torch = pytest.importorskip("torch")
+    model = wide_cnn()
+    data = nets.calib(model, 16)
+    (name, x), = [(k, v) for k, v in data.items() if k != "labels"]
+    labels = np.arange(len(x)) % 10
+    ratios = {"c2": 0.5, "c3": 0.4}
+    want, _ = oc.compress(model, "channel_pruning", ratios, data=[{name: x[:8]}, {name: x[8:]}],
+                          num_reconstruction_samples=200)
+    loaders = {
+        "(inputs, labels) tuples": [(x[:8], labels[:8]), (x[8:], labels[8:])],
+        "torch [tensor, tensor] lists": [[torch.from_numpy(x[:8]), torch.from_numpy(labels[:8])],
+                                         [torch.from_numpy(x[8:]), torch.from_numpy(labels[8:])]],
+        "bare arrays": [x[:8], x[8:]],
+        "torch tensors": [torch.from_numpy(x[:8]), torch.from_numpy(x[8:])],
+    }
+    for what, loader in loaders.items():
+        got, _ = oc.compress(model, "channel_pruning", ratios, data=loader, num_reconstruction_samples=200)
+        assert got.SerializeToString() == want.SerializeToString(), what
+    with pytest.raises(oc.DataError, match="cannot read the inputs of a tuple batch"):
+        oc.compress(model, "channel_pruning", ratios, data=[("text", 1)])
+
+
+def test_aimet_enums_values_and_stats_fields_and_layout():
+    assert oc.CompressionScheme(1) is oc.CompressionScheme.weight_svd
+    assert oc.CompressionScheme(3) is oc.CompressionScheme.channel_pruning
+    assert oc.CostMetric(2) is oc.CostMetric.memory and oc.RankSelectScheme(1) is oc.RankSelectScheme.greedy
+    assert oc.SpatialSvdParameters.Mode.auto.value == 2 and oc.ChannelPruningParameters.Mode.manual.value == 1
+    model = wide_cnn()
+    params = oc.WeightSvdParameters(oc.WeightSvdParameters.Mode(2), oc.WeightSvdParameters.AutoModeParams(
+        oc.RankSelectScheme(1), oc.GreedySelectionParameters(0.6, num_comp_ratio_candidates=3)))
+    _, stats = oc.ModelCompressor.compress_model(model, Counting(model), None, (1, 3, 16, 16),
+                                                 oc.CompressionScheme(1), oc.CostMetric(1), params)
+    assert stats.baseline_model_accuracy == stats.baseline_score == 1.0
+    assert stats.compressed_model_accuracy == stats.final_score
+    assert stats.mac_compression_ratio == stats.mac_ratio <= 0.6
+    assert stats.memory_compression_ratio == stats.memory_ratio
+    assert [(s.name, s.compression_ratio) for s in stats.per_layer_stats] == \
+        [(s.name, s.achieved_ratio) for s in stats.layers]
+    assert stats.compression_ratio_selection_stats == stats.selection["scores"]
+    text = str(stats)
+    assert text.startswith("*" * 94 + "\nCompressed Model Statistics\nBaseline model accuracy: 1.000000, ")
+    assert f"Compression ratio for memory={stats.memory_ratio:.6f}, mac={stats.mac_ratio:.6f}" in text
+    first = stats.layers[0]
+    assert f"\nPer-layer Stats\n    Name:{first.name}, compression-ratio: {first.achieved_ratio:.6f}\n" in text
+    assert "Greedy Eval Dict\n    Layer: c1\n        Ratio=" in text
+    manual = oc.WeightSvdParameters(oc.WeightSvdParameters.Mode.manual,
+                                    oc.WeightSvdParameters.ManualModeParams([oc.ModuleCompRatioPair("c2", 0.5)]))
+    _, mstats = oc.ModelCompressor.compress_model(model, None, None, (1, 3, 16, 16), oc.CompressionScheme.weight_svd,
+                                                  oc.CostMetric.mac, manual)
+    assert mstats.compression_ratio_selection_stats is None and str(mstats).endswith("\nNone\n" + "*" * 94 + "\n")

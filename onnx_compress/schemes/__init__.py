@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+from enum import Enum
+
 from ..errors import ParameterError
 from .base import Candidate, Context, Scheme, StepResult, Unit, exact_cost
 from .pruning import CHANNEL_PRUNING
@@ -42,10 +44,10 @@ def unregister(name: str) -> None:
 
 
 def get(scheme) -> Scheme:
-    """The registered scheme named `scheme` (a name, an Enum with a `.value`, or a Scheme)."""
+    """The registered scheme named `scheme` (a name, an Enum member named after it, or a Scheme)."""
     if isinstance(scheme, Scheme):
         return scheme
-    name = str(getattr(scheme, "value", scheme)).lower()
+    name = str(scheme.name if isinstance(scheme, Enum) else scheme).lower()
     if name not in SCHEMES:
         raise ParameterError(f"unknown scheme {scheme!r}; expected one of {list(SCHEMES)}")
     return SCHEMES[name]

@@ -297,8 +297,11 @@ def _final(r: _Run, proto, ratios):
         stats += step.layers
         skipped += step.skipped
         updated = trainer.train_model(step.model, layer_name, train_flag=True)
+        if updated is None:  # AIMET's trainers fine-tune in place; an ONNX model cannot be: unchanged
+            updated = step.model
         if not isinstance(updated, onnx.ModelProto):
-            raise ParameterError(f"trainer.train_model must return an onnx.ModelProto, got {type(updated).__name__}")
+            raise ParameterError("trainer.train_model must return an onnx.ModelProto or None, "
+                                 f"got {type(updated).__name__}")
         current = updated
     return current, stats, skipped
 

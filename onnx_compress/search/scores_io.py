@@ -46,8 +46,10 @@ def parse_ratio(key: str) -> float:
 
 
 def _name(value) -> str:
-    """An enum's value or a string, lower-cased ('CompressionScheme.weight_svd' -> 'weight_svd')."""
-    return str(getattr(value, "value", value)).lower()
+    """An enum member's name or a string, lower-cased (CompressionScheme.weight_svd -> 'weight_svd')."""
+    import enum
+
+    return str(value.name if isinstance(value, enum.Enum) else value).lower()
 
 
 def model_digest(model_bytes: bytes) -> str:
