@@ -173,3 +173,4 @@ def test_example_level_pruner_runs():
     out = module.main()
     assert out["float"] > 0.9 and out["level 0.8 sparsity"] == pytest.approx(0.8, abs=1e-4)
     assert out["YourQuantizer"] > 0.9
+    assert 0.5 < out["speedup MAC ratio"] < 0.75
