@@ -262,7 +262,6 @@ class ModelCompressor:
             if not isinstance(greedy_params, GreedySelectionParameters):
                 raise ParameterError("auto mode needs params=AutoModeParams(GreedySelectionParameters(...))")
             rank = getattr(auto, "rank_select_scheme", RankSelectScheme.greedy)
-            extra.pop("allow_custom_downsample_ops", None)
             return _aimet_stats(compress_auto(
                 model, scheme, greedy_params.target_comp_ratio, eval_callback, eval_iterations,
                 cost_metric=cost_metric, candidates=greedy_params.num_comp_ratio_candidates,
@@ -273,11 +272,8 @@ class ModelCompressor:
                 visualization=visualization_url, **extra))
         if mode != "manual" or not isinstance(parameters.params, _ManualModeParams):
             raise ParameterError("manual mode needs params=ManualModeParams(list_of_module_comp_ratio_pairs)")
-        if trainer is not None:
-            raise ParameterError("trainer (per-layer fine-tuning) runs in auto mode; in manual mode, "
-                                 "fine-tune the returned model yourself")
         ratios = _pairs_to_dict(parameters.params.list_of_module_comp_ratio_pairs)
         return _aimet_stats(compress(model, scheme, ratios, cost_metric=cost_metric,
                                      multiplicity=parameters.multiplicity, input_shape=input_shape,
                                      eval_callback=eval_callback, eval_iterations=eval_iterations,
-                                     visualization=visualization_url, **extra))
+                                     visualization=visualization_url, trainer=trainer, **extra))

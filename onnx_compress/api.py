@@ -20,7 +20,7 @@ from .errors import CompressionError, LayerError, ParameterError, ShapeError
 from .options import Calibration, Latency, Search, Settings, as_flat, gather, refuse_unknown
 from .schemes import SCHEMES, Scheme
 from .schemes import get as get_scheme
-from .schemes.base import UNCHANGED
+from .schemes.base import UNCHANGED, apply_with_trainer
 from .search.auto import context, reasons, require_eligible
 from .stats import CompressionStats, describe_parameters, per_layer_rows
 
@@ -34,7 +34,8 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
              cost_metric: str = "mac", multiplicity: int | str = 1, input_shape=None,
              eval_callback: Callable | None = None, eval_iterations: int | None = None,
              use_cuda: bool = False, data=None, calibration: Calibration | None = None,
-             modules_to_ignore=None, visualization=None, **options) -> tuple[onnx.ModelProto, CompressionStats]:
+             modules_to_ignore=None, visualization=None, trainer=None,
+             **options) -> tuple[onnx.ModelProto, CompressionStats]:
     """Compress `model` with `scheme` at manually chosen per-layer ratios.
 
     model: path or ModelProto (not modified). scheme: "weight_svd", "spatial_svd",
@@ -61,8 +62,14 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     modules_to_ignore: layer names never to compress (skipped with that reason when one
     ratio applies to all; naming one in `ratios` too is an error).
     visualization: path of an HTML report to write (see onnx_compress.report).
+    trainer: AIMET's layer-wise fine-tuning hook; the layers are then compressed one at a
+    time in graph order and `trainer.train_model(model, layer_name, train_flag=True)`
+    (returning the tuned ModelProto, or None for unchanged) runs after each.
     Returns the compressed ModelProto and its statistics (achieved figures measured on it).
     """
+    if trainer is not None and not callable(getattr(trainer, "train_model", None)):
+        raise ParameterError(f"trainer must have a train_model(model, layer_name, train_flag) method, "
+                             f"got {type(trainer).__name__}")
     calibration = gather(Calibration, calibration, options, "compress", "calibration",
                          allowed=set(Calibration.__dataclass_fields__) - {"reference_model"})
     refuse_unknown(options, "compress")
@@ -92,7 +99,7 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
         require_eligible(first, steps, ignored, _where(model))
     baseline = runtime.evaluate(proto, eval_callback, eval_iterations, use_cuda) if eval_callback else None
     current, layer_stats, skipped, census = _pipeline(proto, first, steps, step_ratios, metric, multiplicity,
-                                                      settings, ignored)
+                                                      settings, ignored, trainer)
     names = "+".join(s.name for s in steps)
     if not layer_stats and any(s.reason != UNCHANGED for s in skipped):
         raise LayerError(f"no layer of {_where(model)} can be compressed by {names} at these "
@@ -112,21 +119,37 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     return current, stats
 
 
-def _pipeline(proto, first, steps: list[Scheme], step_ratios, metric, multiplicity, settings, ignored):
+def _pipeline(proto, first, steps: list[Scheme], step_ratios, metric, multiplicity, settings, ignored,
+              trainer=None):
     """Each step on the result of the one before: (model, layer stats, skipped, census)."""
     current, layer_stats, skipped, census = proto, [], [], None
     for index, (step, ratio) in enumerate(zip(steps, step_ratios)):
         log.info("%s: compressing", step.name)
-        census = step.census(first if index == 0 else layers.analyze(current, first.input_dims)) or census
+        analysis = first if index == 0 else layers.analyze(current, first.input_dims)
+        census = step.census(analysis) or census
         step_settings = settings
         if step.pipeline_reference and index > 0:  # refit toward the uncompressed model's outputs
             step_settings = dataclasses.replace(settings, reference=proto)
         ctx = context(metric, multiplicity, first.input_dims, step_settings)
-        result = step.apply(current, ratio, ctx, ignored)
+        if trainer is not None:
+            result = apply_with_trainer(step, current, _layerwise(step, analysis, ratio, ignored), ctx, trainer,
+                                        ignored)
+        else:
+            result = step.apply(current, ratio, ctx, ignored)
         current = result.model
         layer_stats += result.layers
         skipped += result.skipped
     return current, layer_stats, skipped, census
+
+
+def _layerwise(step: Scheme, analysis: layers.Analysis, ratio, ignored) -> dict:
+    """Per-layer ratios in graph order (a trainer runs after each layer): the named ones, or
+    one ratio for every layer the scheme can take."""
+    order = {l.name: i for i, l in enumerate(analysis.layers)}
+    if isinstance(ratio, dict):
+        return dict(sorted(ratio.items(), key=lambda kv: order.get(kv[0], -1)))
+    return {l.name: ratio for l in analysis.compressible
+            if l.name not in (ignored or {}) and step.reason(l, analysis) is None}
 
 
 def _settings(data, c: Calibration, use_cuda: bool, reference=None) -> Settings:
@@ -347,8 +370,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     have the check there too); True keeps them. Fixed `config_list` ratios are not checked.
     """
     search = gather(Search, search, options, "compress_auto", "search")
-    calibration = gather(Calibration, calibration, options, "compress_auto", "calibration",
-                         allowed=set(Calibration.__dataclass_fields__) - {"allow_custom_downsample_ops"})
+    calibration = gather(Calibration, calibration, options, "compress_auto", "calibration")
     latency = gather(Latency, latency, options, "compress_auto", "latency")
     refuse_unknown(options, "compress_auto")
     parameters = describe_parameters(_recorded(locals(), "compress_auto", search, calibration, latency))

@@ -212,3 +212,26 @@ def test_refit_targets_come_from_the_reference_model_when_it_has_the_tensor():
     want = layer_output(original, tensor, data)
     np.testing.assert_array_equal(sampler.target_tensor(tensor)[0], want)
     assert not np.allclose(sampler.original_tensor(tensor)[0], want)  # inputs still come from `changed`
+
+
+def test_custom_downsample_in_auto_mode_scores_the_gather_units():
+    """Auto mode honours allow_custom_downsample_ops: the locked group of c3 (behind a
+    grouped conv) becomes a unit whose candidates drop channels through a Gather, its cost
+    is the measured one, and the target is met; without it the target cannot be reached."""
+    from onnx_compress import evaluators
+
+    model = nets.grouped_net()
+    data, held = nets.calib(model), nets.calib(model, 16, seed=3)
+    with pytest.raises(oc.ParameterError, match="cannot be reached"):
+        oc.compress_auto(model, "channel_pruning", 0.7, evaluators.fidelity(held), data=data, candidates=4)
+    out, stats = oc.compress_auto(model, "channel_pruning", 0.7, evaluators.fidelity(held), data=data,
+                                  candidates=4, allow_custom_downsample_ops=True)
+    assert stats.mac_after / stats.mac_before <= 0.7
+    assert [n.op_type for n in out.graph.node].count("Gather") == 1
+    c3 = next(l for l in stats.layers if l.name == "c3")
+    assert "channel Gather" in c3.note and c3.achieved_ratio < 1
+    assert {l.name: l.weight.shape for l in oc.inspect(out).compressible}["grouped"][0] == 8  # upstream kept
+    dims = {"x": held["x"].shape}
+    assert mac_count.count(out, dims)[0] / mac_count.count(model, dims)[0] == pytest.approx(
+        stats.mac_after / stats.mac_before, rel=1e-9)
+    assert b.run(out, held)[0].shape == b.run(model, held)[0].shape

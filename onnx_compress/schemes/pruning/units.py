@@ -56,12 +56,8 @@ def group_units(proto: onnx.ModelProto, analysis: layers.Analysis, names: list[s
             skipped[name] = reason
             continue
         group = depgraph.build_group(layer, analysis.graph, analysis.shapes)
-        n_locked = int(group.locked.sum())
         if group.all_locked and not settings.allow_custom_downsample_ops:
             skipped[name] = f"no channel can be removed: {group.lock_summary()}"
-            continue
-        if settings.allow_custom_downsample_ops and n_locked:
-            skipped[name] = "locked channels need a channel Gather: not scored in auto mode yet"
             continue
         members = [by_name[n] for n in group.in_layers() if n in by_name]
         if any(m.node.inputs[1].name not in inits or m.in_subgraph for m in members):
@@ -101,25 +97,30 @@ def _unit(root, group, members, sampler, rng, keys, settings, costs, multiplicit
     patches_view = None
     if settings.selection != "magnitude":
         patches_view = pruning.root_view(samples[root.name][0].astype(np.float64), root_index)
+    # allow_custom_downsample_ops: locked channels may go from the root layer alone, through
+    # a channel Gather in front of it (as the final compression inserts); the rest keep them
+    gather = settings.allow_custom_downsample_ops and bool(group.locked.any())
     choices = []
     for key in keys:
         q = Fraction(repr(float(key)))
         if q.numerator * size < q.denominator:
             continue
-        keep = max(kept_count(size, q, multiplicity), int(group.locked.sum()))
+        keep = kept_count(size, q, multiplicity)
+        if not gather:
+            keep = max(keep, int(group.locked.sum()))
         if keep >= size or any(c[1] == keep for c in choices):  # past the top, or a repeat after rounding
             continue
-        kept = pruning.select_kept(group, settings.selection, patches_view, weight_view, keep, group.locked,
-                                   multiplicity)
+        kept = pruning.select_kept(group, settings.selection, patches_view, weight_view, keep,
+                                   None if gather else group.locked, multiplicity)
         keep = len(kept)  # more when every branch of the group keeps a channel
         if keep >= size or any(c[1] == keep for c in choices):
             continue
-        removed = np.setdiff1d(np.arange(size), kept)
+        removed = _Removed(group, root, np.setdiff1d(np.arange(size), kept))
         choices.append((key, keep, removed, _unit_cost(group, removed, costs)))
     if not choices:
         return None
     base = _owned_cost(group, costs)
-    cands, removed_by_size = [], {size: np.zeros(0, dtype=np.int64)}  # the full size removes nothing
+    cands, removed_by_size = [], {size: _Removed(group, root, np.zeros(0, dtype=np.int64))}  # nothing removed
     effects = {key: _effects(group, removed, costs) for key, _, removed, _ in choices}
     for key, keep, removed, cost in choices:
         cands.append(Candidate(key, keep, cost, Fraction(keep, size), footprint(effects[key])))
@@ -154,7 +155,7 @@ def layer_costs(analysis: layers.Analysis, metric: str) -> dict[str, int]:
     return {l.name: layers.cost_of(l, metric) for l in analysis.compressible}
 
 
-def _unit_cost(group, removed: np.ndarray, costs: dict[str, int]) -> int:
+def _unit_cost(group, removed: "_Removed", costs: dict[str, int]) -> int:
     """Cost of the layers this group owns after it loses root channels `removed`.
 
     A group owns the layers whose *input* channels it prunes (and its depthwise convs);
@@ -169,16 +170,35 @@ def _unit_cost(group, removed: np.ndarray, costs: dict[str, int]) -> int:
         name = ir.node_name(action.node)
         if name not in costs:
             continue
-        pos = group.positions[action.tensor]
-        total += Fraction(costs[name] * (_width(action) - len(pos.removed(removed))), _width(action))
+        total += Fraction(costs[name] * (_width(action) - len(removed.of(action))), _width(action))
     return int(total)
 
 
 def _owned_cost(group, costs: dict[str, int]) -> int:
-    return _unit_cost(group, np.zeros(0, dtype=np.int64), costs)
+    return _unit_cost(group, _Removed(group, None, np.zeros(0, dtype=np.int64)), costs)
 
 
-def _effects(group, removed: np.ndarray, costs: dict[str, int]) -> dict[tuple[str, str], Fraction]:
+class _Removed:
+    """The roots a candidate removes: the unlocked ones leave every tensor of the group;
+    locked ones (only with allow_custom_downsample_ops) leave the root layer's input alone,
+    through a channel Gather, as `prune._downsample` does."""
+
+    def __init__(self, group, root, roots: np.ndarray):
+        self.group, self.root = group, root
+        roots = np.asarray(roots, dtype=np.int64)
+        self.unlocked = roots[~group.locked[roots]]
+        self.downsampled = roots[group.locked[roots]]
+
+    def of(self, action) -> np.ndarray:
+        """The channel indices of the action's tensor that go for this action's node."""
+        pos = self.group.positions[action.tensor]
+        idx = pos.removed(self.unlocked)
+        if len(self.downsampled) and action.kind == "in" and self.root is not None and action.node is self.root.node:
+            idx = np.union1d(idx, pos.removed(self.downsampled))
+        return idx
+
+
+def _effects(group, removed: "_Removed", costs: dict[str, int]) -> dict[tuple[str, str], Fraction]:
     """(layer, side) -> fraction of that side's channels kept, for the layers this group touches."""
     out = {}
     for action in group.actions:
@@ -187,10 +207,9 @@ def _effects(group, removed: np.ndarray, costs: dict[str, int]) -> dict[tuple[st
         name = ir.node_name(action.node)
         if name not in costs:
             continue
-        pos = group.positions[action.tensor]
         width = _width(action)
         side = "out" if action.kind == "out" else "in"
-        out[(name, side)] = Fraction(width - len(pos.removed(removed)), width)
+        out[(name, side)] = Fraction(width - len(removed.of(action)), width)
     return out
 
 
@@ -205,12 +224,11 @@ def _width(action) -> int:
     return int(weight.shape[k_axis] if action.kind == "in" else weight.shape[n_axis])
 
 
-def _overrides(group, members, samples, grams, removed: np.ndarray, settings) -> dict[str, np.ndarray]:
+def _overrides(group, members, samples, grams, removed: "_Removed", settings) -> dict[str, np.ndarray]:
     out = {}
     for m in members:
         patches, targets = samples[m.name]
-        pos = group.positions[m.node.inputs[0].name]
-        drop = pos.removed(removed)
+        drop = removed.of(next(a for a in group.actions if a.kind == "in" and a.node is m.node))
         keep = np.setdiff1d(np.arange(patches.shape[1]), drop)
         w3 = pruning.layer_weight(m).astype(np.float64)
         has_bias = _has_bias(m)
