@@ -421,3 +421,66 @@ def test_aimet_enums_values_and_stats_fields_and_layout():
     _, mstats = oc.ModelCompressor.compress_model(model, None, None, (1, 3, 16, 16), oc.CompressionScheme.weight_svd,
                                                   oc.CostMetric.mac, manual)
     assert mstats.compression_ratio_selection_stats is None and str(mstats).endswith("\nNone\n" + "*" * 94 + "\n")
+
+
+def test_trainer_in_manual_mode_runs_after_each_layer_in_graph_order():
+    """AIMET's trainer in manual mode: layers compressed one at a time in graph order, the
+    trainer after each; None keeps the model (the result equals the run without a trainer),
+    a returned ModelProto is what the next layer is compressed on."""
+    model = wide_cnn()
+    seen = []
+
+    class InPlaceTrainer:
+        def train_model(self, m, layer, train_flag=True):
+            seen.append((layer, train_flag, isinstance(m, onnx.ModelProto)))
+
+    manual = oc.SpatialSvdParameters.ManualModeParams([oc.ModuleCompRatioPair("c3", 0.4),
+                                                       oc.ModuleCompRatioPair("c2", 0.5)])
+    params = oc.SpatialSvdParameters(oc.SpatialSvdParameters.Mode.manual, manual)
+    out, stats = oc.ModelCompressor.compress_model(model, None, None, (1, 3, 16, 16), oc.CompressionScheme.spatial_svd,
+                                                   oc.CostMetric.mac, params, trainer=InPlaceTrainer())
+    assert seen == [("c2", True, True), ("c3", True, True)]
+    plain, _ = oc.compress(model, "spatial_svd", {"c2": 0.5, "c3": 0.4}, input_shape=(1, 3, 16, 16))
+    x = nets.calib(model, 2, seed=1)
+    np.testing.assert_allclose(b.run(out, x)[0], b.run(plain, x)[0], rtol=1e-5, atol=1e-5)
+
+    class Replacing:  # returns another model: the next layer is compressed on it
+        def __init__(self):
+            self.calls = 0
+
+        def train_model(self, m, layer, train_flag=True):
+            self.calls += 1
+            replaced = onnx.ModelProto()
+            replaced.CopyFrom(m)
+            replaced.doc_string = f"tuned after {layer}"
+            return replaced
+
+    out, _ = oc.compress(model, "weight_svd", 0.5, input_shape=(1, 3, 16, 16), trainer=Replacing())
+    assert out.doc_string.startswith("tuned after")
+    with pytest.raises(oc.ParameterError, match="train_model"):
+        oc.compress(model, "weight_svd", 0.5, trainer=object())
+
+
+def test_trainer_in_manual_channel_pruning_does_not_prune_a_group_twice():
+    """Two named layers of one residual group: the second was pruned with the first, so it is
+    skipped with the reason, as without a trainer."""
+    calls = []
+
+    class T:
+        def train_model(self, m, layer, train_flag=True):
+            calls.append(layer)
+
+    from onnx_compress import ir, layers
+    from onnx_compress.schemes.pruning import depgraph
+
+    analysis = layers.analyze(ir.load(str(MODELS / "resnet_small.onnx")))
+    group = depgraph.build_group(analysis.find("/layer1/conv1/Conv"), analysis.graph, analysis.shapes)
+    a, other = group.in_layers()[0], group.in_layers()[1]
+    out, stats = oc.compress(str(MODELS / "resnet_small.onnx"), "channel_pruning", {a: 0.5, other: 0.5},
+                             data=str(MODELS / "digits32_calib.npz"), trainer=T(), num_reconstruction_samples=200)
+    once, _ = oc.compress(str(MODELS / "resnet_small.onnx"), "channel_pruning", {a: 0.5},
+                          data=str(MODELS / "digits32_calib.npz"), num_reconstruction_samples=200)
+    width = {l.name: l.weight.shape for l in oc.inspect(out).compressible}
+    assert width == {l.name: l.weight.shape for l in oc.inspect(once).compressible}
+    assert any(s.name == other and "group of" in s.reason for s in stats.skipped)
+    assert len(calls) == 1

@@ -200,3 +200,38 @@ def check_ignored(ratios, ignored: Mapping[str, str]) -> None:
         both = [name for name in ratios if name in ignored]
         if both:
             raise ParameterError(f"layer(s) {both} are both given a ratio and ignored; drop one of the two")
+
+
+def apply_with_trainer(scheme: "Scheme", model: onnx.ModelProto, ratios: Mapping[str, Fraction], ctx: Context,
+                       trainer, ignored=None) -> StepResult:
+    """`scheme.apply` one layer at a time, in the order of `ratios`, calling AIMET's
+    layer-wise fine-tuning hook `trainer.train_model(model, layer_name, train_flag=True)`
+    after each; it returns the fine-tuned ModelProto, or None (AIMET's trainers tune in
+    place; an ONNX model cannot be, so it is taken as unchanged). A layer whose weight an
+    earlier step already changed (channel pruning of its group) is not compressed again."""
+    from ..layers import analyze
+
+    current, stats, skipped = model, [], []
+    changed: dict[str, str] = {}
+    for name, ratio in ratios.items():
+        found = {l.name: l for l in analyze(current, ctx.dims).layers if l.weight is not None}
+        if name in changed:
+            op = found[name].op if name in found else ""
+            skipped.append(SkippedLayer(name, op, f"compressed with the group of '{changed[name]}'"))
+            continue
+        before = {n: l.weight.shape for n, l in found.items()}
+        step = scheme.apply(current, {name: ratio}, ctx, ignored)
+        stats += step.layers
+        skipped += step.skipped
+        after = {l.name: l.weight.shape for l in analyze(step.model, ctx.dims).layers if l.weight is not None}
+        for other, shape in before.items():
+            if other != name and other in after and after[other] != shape:
+                changed.setdefault(other, name)
+        updated = trainer.train_model(step.model, name, train_flag=True)
+        if updated is None:
+            updated = step.model
+        if not isinstance(updated, onnx.ModelProto):
+            raise ParameterError("trainer.train_model must return an onnx.ModelProto or None, "
+                                 f"got {type(updated).__name__}")
+        current = updated
+    return StepResult(current, stats, skipped)

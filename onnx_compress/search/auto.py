@@ -21,6 +21,7 @@ from ..errors import CompressionError, LayerError, ParameterError, ShapeError
 from ..options import Search, Settings
 from ..runtime.activations import Activations
 from ..schemes import Context, Scheme
+from ..schemes.base import apply_with_trainer
 from ..stats import CompressionStats, SkippedLayer, per_layer_rows
 from . import config as config_mod
 from . import dictionary, finalists, latency, scores_io
@@ -290,20 +291,9 @@ def _final(r: _Run, proto, ratios):
     scheme, trainer = r.job.scheme, r.job.search.trainer
     if trainer is None or not ratios:
         step = scheme.apply(proto, ratios, r.ctx)
-        return step.model, step.layers, step.skipped
-    current, stats, skipped = proto, [], []
-    for layer_name, ratio in ratios.items():
-        step = scheme.apply(current, {layer_name: ratio}, r.ctx)
-        stats += step.layers
-        skipped += step.skipped
-        updated = trainer.train_model(step.model, layer_name, train_flag=True)
-        if updated is None:  # AIMET's trainers fine-tune in place; an ONNX model cannot be: unchanged
-            updated = step.model
-        if not isinstance(updated, onnx.ModelProto):
-            raise ParameterError("trainer.train_model must return an onnx.ModelProto or None, "
-                                 f"got {type(updated).__name__}")
-        current = updated
-    return current, stats, skipped
+    else:
+        step = apply_with_trainer(scheme, proto, ratios, r.ctx, trainer)
+    return step.model, step.layers, step.skipped
 
 
 def _stats(r: _Run, out, chosen, scores, resolution, total, timed, measure, analysis) -> CompressionStats:
