@@ -484,3 +484,22 @@ def test_trainer_in_manual_channel_pruning_does_not_prune_a_group_twice():
     assert width == {l.name: l.weight.shape for l in oc.inspect(once).compressible}
     assert any(s.name == other and "group of" in s.reason for s in stats.skipped)
     assert len(calls) == 1
+
+
+def test_config_list_fixed_ratios_count_toward_the_target_and_the_baseline_is_uncompressed():
+    model = wide_cnn()
+    ev = Counting(model)
+    uncompressed = runtime.evaluate(model, ev, None, False)
+    fixed = [{"op_types": "default"}, {"sparsity": 0.9, "op_names": "c3"}]  # NNI's shape
+    out, stats = oc.compress_auto(model, "weight_svd", 0.4, ev, candidates=5, config_list=fixed)
+    assert stats.baseline_score == pytest.approx(uncompressed, abs=1e-12)
+    assert stats.selection["baseline"] < stats.baseline_score  # the dictionary's: c3 already fixed
+    assert stats.mac_after / stats.mac_before <= 0.4
+    c3 = next(l for l in stats.layers if l.name == "c3")
+    assert c3.requested_ratio == pytest.approx(0.1) and len(stats.layers) > 1  # the others chosen to meet the target
+    every = [{"sparsity": 0.2, "op_types": "default"}]  # every layer fixed at 0.8 of its MACs
+    with pytest.raises(oc.ParameterError, match="target 0.5 cannot be reached: the config_list's fixed ratios"):
+        oc.compress_auto(model, "weight_svd", 0.5, ev, candidates=5, config_list=every)
+    out, stats = oc.compress_auto(model, "weight_svd", 0.9, ev, candidates=5, config_list=every)
+    assert stats.baseline_score == pytest.approx(uncompressed, abs=1e-12)
+    assert stats.mac_after / stats.mac_before <= 0.9 and all(l.requested_ratio == 0.8 for l in stats.layers)

@@ -109,8 +109,22 @@ def test_op_types_and_op_names_must_both_match() -> None:
 def test_unknown_key_names_it_and_lists_valid_keys() -> None:
     with pytest.raises(ParameterError, match=r"entry 2: unknown key 'op_type'.*op_types.*op_names.*exclude.*ratio"):
         resolve(LAYERS, [{"op_types": ["Conv"]}, {"op_type": ["Conv"]}], None)
-    with pytest.raises(ParameterError, match="sparsity.*use 'ratio'"):
-        resolve(LAYERS, [{"op_types": ["Conv"], "sparsity": 0.5}], None)
+    with pytest.raises(ParameterError, match="unknown key 'sparsity_per_layer'.*use 'ratio'"):
+        resolve(LAYERS, [{"op_types": ["Conv"], "sparsity_per_layer": 0.5}], None)
+
+
+def test_nni_sparsity_and_string_op_types() -> None:
+    """NNI's config_list: sparsity is the fraction removed (ratio = 1 - sparsity), op_types
+    may be one string, 'default' is every layer the scheme takes."""
+    res = resolve(LAYERS, [{"sparsity": 0.8, "op_types": "default"}, {"sparsity": 0.25, "op_names": "fc1"}], None)
+    assert res.fixed["conv1"] == 0.2 and res.fixed["fc1"] == 0.75 and not res.auto
+    assert resolve(LAYERS, [{"op_types": "Conv"}], None).auto == resolve(LAYERS, [{"op_types": ["Conv"]}], None).auto
+    assert resolve(LAYERS, [{"op_types": "default", "sparsity": 0.0}], None).fixed["fc1"] == 1.0
+    for bad in (1.0, -0.1, True, "0.5"):
+        with pytest.raises(ParameterError, match="sparsity must be a number in \\[0, 1\\)"):
+            resolve(LAYERS, [{"op_types": "default", "sparsity": bad}], None)
+    with pytest.raises(ParameterError, match="both 'ratio' and 'sparsity'"):
+        resolve(LAYERS, [{"op_types": "default", "sparsity": 0.5, "ratio": 0.5}], None)
 
 
 def test_target_key_is_refused_as_global() -> None:
@@ -122,7 +136,9 @@ def test_entry_needs_op_types_or_op_names() -> None:
     with pytest.raises(ParameterError, match="neither 'op_types' nor 'op_names'"):
         resolve(LAYERS, [{"ratio": 0.5}], None)
     with pytest.raises(ParameterError, match="list of strings"):
-        resolve(LAYERS, [{"op_types": "Conv"}], None)
+        resolve(LAYERS, [{"op_types": 3}], None)
+    with pytest.raises(ParameterError, match="list of strings"):
+        resolve(LAYERS, [{"op_types": ""}], None)
     with pytest.raises(ParameterError, match="empty list"):
         resolve(LAYERS, [{"op_names": []}], None)
     with pytest.raises(ParameterError, match="expected a dict"):

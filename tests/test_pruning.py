@@ -235,3 +235,17 @@ def test_custom_downsample_in_auto_mode_scores_the_gather_units():
     assert mac_count.count(out, dims)[0] / mac_count.count(model, dims)[0] == pytest.approx(
         stats.mac_after / stats.mac_before, rel=1e-9)
     assert b.run(out, held)[0].shape == b.run(model, held)[0].shape
+
+
+def test_aimet_auto_channel_pruning_passes_allow_custom_downsample_ops():
+    from onnx_compress import evaluators
+
+    model = nets.grouped_net()
+    data, held = nets.calib(model), nets.calib(model, 16, seed=3)
+    greedy = oc.GreedySelectionParameters(target_comp_ratio=0.7, num_comp_ratio_candidates=4)
+    params = oc.ChannelPruningParameters(data, 200, True, oc.ChannelPruningParameters.Mode.auto,
+                                         oc.ChannelPruningParameters.AutoModeParams(greedy))
+    out, stats = oc.ModelCompressor.compress_model(model, evaluators.fidelity(held), None, None,
+                                                   oc.CompressionScheme.channel_pruning, oc.CostMetric.mac, params)
+    assert [n.op_type for n in out.graph.node].count("Gather") == 1
+    assert stats.mac_compression_ratio <= 0.7

@@ -96,6 +96,7 @@ class _Run:
     where: str
     skipped: list = dataclasses.field(default_factory=list)
     layer_stats: list = dataclasses.field(default_factory=list)
+    baseline: float | None = None  # the uncompressed model's score, when fixed ratios come first
 
     @property
     def dims(self):
@@ -111,6 +112,8 @@ def run(job: Job, proto: onnx.ModelProto, first: layers.Analysis, settings: Sett
     resolution = _resolve(r)
     current = proto
     if resolution.fixed:
+        # the baseline is the uncompressed model's; the dictionary scores from the fixed step on
+        r.baseline = job.eval.score(proto)
         step = scheme.apply(current, dict(resolution.fixed), ctx)
         current = step.model
         r.layer_stats += step.layers
@@ -123,6 +126,8 @@ def run(job: Job, proto: onnx.ModelProto, first: layers.Analysis, settings: Sett
                          f"{reasons([(k.name, k.reason) for k in dedupe(r.skipped) if k.reason])}")
     _dry_run(r, current, analysis, list(resolution.auto))
     total = first.total(job.grid)
+    if not units:
+        _check_fixed_reach(analysis.total(job.grid), total, job.target, job.grid, r.skipped)
     if scheme.exact_costs and job.metric != "latency":  # exact unit costs: refuse before any evaluation
         _check_reach(units, analysis.total(job.grid), total, job.target, job.grid, r.skipped)
     timed = _time_units(r, current, units, analysis)
@@ -211,6 +216,16 @@ def _check_reach(units, current_total: int, total: int, target_q, metric: str, s
         raise ParameterError(
             f"target {float(target_q):g} cannot be reached: the smallest achievable {metric} ratio is "
             f"{cheapest / total:.4f} (every selected layer at its cheapest candidate){left_out(units, skipped)}")
+
+
+def _check_fixed_reach(current_total: int, total: int, target_q, metric: str, skipped) -> None:
+    """ParameterError when the config_list's fixed ratios leave no layer to choose and the
+    model they give is above the target (the target is never silently ignored)."""
+    if current_total * target_q.denominator > target_q.numerator * int(total):
+        raise ParameterError(
+            f"target {float(target_q):g} cannot be reached: the config_list's fixed ratios give a {metric} "
+            f"ratio of {current_total / total:.4f} and leave no layer for automatic selection; lower the "
+            f"fixed ratios or let more layers be chosen{left_out([], skipped)}")
 
 
 def _time_units(r: _Run, current, units, analysis):
@@ -314,7 +329,8 @@ def _stats(r: _Run, out, chosen, scores, resolution, total, timed, measure, anal
     return CompressionStats(
         scheme=job.scheme.name, cost_metric=job.metric, mac_before=_total(r.first, "mac"),
         mac_after=_total(after, "mac"), memory_before=r.first.total("memory"), memory_after=after.total("memory"),
-        layers=tuple(r.layer_stats), skipped=tuple(skipped), baseline_score=scores.baseline, final_score=final,
+        layers=tuple(r.layer_stats), skipped=tuple(skipped),
+        baseline_score=scores.baseline if r.baseline is None else r.baseline, final_score=final,
         input_dims=dict(r.dims), selection=selection_info,
         per_layer=per_layer_rows(r.first, after, r.layer_stats, skipped), parameters=job.parameters,
         latency=_latency_summary(timed, r.proto, out, r.dims, chosen, total, measure, job.allow_slower_splits is True),

@@ -8,7 +8,9 @@ A config_list is a list of dicts, applied in order, each to the layers it matche
 - `op_names`: exact layer names, or `"re:PATTERN"` for the names PATTERN fully matches.
 - `exclude`: true removes the matched layers (and any fixed ratio they had).
 - `ratio`: a fixed ratio in (0, 1] for the matched layers (manual for them); without it
-  the matched layers are left to automatic selection.
+  the matched layers are left to automatic selection. NNI's `sparsity` (the fraction
+  removed, in [0, 1)) says the same: ratio = 1 - sparsity.
+- `op_types` and `op_names` take a list or one string.
 
 An entry needs `op_types` or `op_names`; with both, a layer must match both. Nothing is
 selected before the first entry; later entries override earlier ones for the layers they
@@ -29,7 +31,7 @@ from ..cost import check_ratio
 from ..errors import DataError, LayerError, ParameterError
 from ..files import read_json
 
-KEYS = ("op_types", "op_names", "exclude", "ratio")
+KEYS = ("op_types", "op_names", "exclude", "ratio", "sparsity")
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
 ALIASES: dict[str, tuple[str, ...] | None] = {
     "conv": ("Conv",),
@@ -42,7 +44,6 @@ ALIASES: dict[str, tuple[str, ...] | None] = {
 }
 _KEY_HINTS = {
     "target": "the target is global, not per entry: pass it to the compressor, e.g. as target_comp_ratio",
-    "sparsity": "use 'ratio' (cost after / cost before, i.e. 1 - sparsity)",
     "sparsity_per_layer": "use 'ratio' (cost after / cost before, i.e. 1 - sparsity)",
     "total_sparsity": "the target is global, not per entry: pass it to the compressor",
 }
@@ -227,7 +228,9 @@ def _check_keys(entry: dict, where: str) -> None:
 
 def _string_list(entry: dict, key: str, where: str) -> tuple[str, ...]:
     value = entry[key]
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+    if isinstance(value, str) and value:  # NNI writes op_types='default' as well as ['default']
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         example = [value] if isinstance(value, str) else ["..."]
         raise ParameterError(f"{where}: '{key}' must be a list of strings, got {value!r} (e.g. {example!r})")
     if not value:
@@ -261,6 +264,14 @@ def _parse_op_types(entry: dict, where: str, known_ops: list[str]) -> tuple[froz
 
 
 def _parse_ratio(entry: dict, where: str) -> float | None:
+    if "sparsity" in entry and entry["sparsity"] is not None:
+        if entry.get("ratio") is not None:
+            raise ParameterError(f"{where}: has both 'ratio' and 'sparsity'; give one (ratio = 1 - sparsity)")
+        sparsity = entry["sparsity"]
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+            raise ParameterError(f"{where}: sparsity must be a number in [0, 1) (the fraction removed), "
+                                 f"got {sparsity!r}")
+        return round(1.0 - float(sparsity), 12)
     if "ratio" not in entry or entry["ratio"] is None:
         return None
     ratio = entry["ratio"]
