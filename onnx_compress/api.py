@@ -132,8 +132,8 @@ def _pipeline(proto, first, steps: list[Scheme], step_ratios, metric, multiplici
             step_settings = dataclasses.replace(settings, reference=proto)
         ctx = context(metric, multiplicity, first.input_dims, step_settings)
         if trainer is not None:
-            result = apply_with_trainer(step, current, _layerwise(step, analysis, ratio, ignored), ctx, trainer,
-                                        ignored)
+            result = apply_with_trainer(step, current, _layerwise(analysis, ratio), ctx, trainer, ignored,
+                                        order=[l.name for l in analysis.compressible])
         else:
             result = step.apply(current, ratio, ctx, ignored)
         current = result.model
@@ -142,14 +142,12 @@ def _pipeline(proto, first, steps: list[Scheme], step_ratios, metric, multiplici
     return current, layer_stats, skipped, census
 
 
-def _layerwise(step: Scheme, analysis: layers.Analysis, ratio, ignored) -> dict:
-    """Per-layer ratios in graph order (a trainer runs after each layer): the named ones, or
-    one ratio for every layer the scheme can take."""
+def _layerwise(analysis: layers.Analysis, ratio):
+    """Per-layer ratios in graph order (a trainer runs after each layer), or the one ratio."""
+    if not isinstance(ratio, dict):
+        return ratio
     order = {l.name: i for i, l in enumerate(analysis.layers)}
-    if isinstance(ratio, dict):
-        return dict(sorted(ratio.items(), key=lambda kv: order.get(kv[0], -1)))
-    return {l.name: ratio for l in analysis.compressible
-            if l.name not in (ignored or {}) and step.reason(l, analysis) is None}
+    return dict(sorted(ratio.items(), key=lambda kv: order.get(kv[0], -1)))
 
 
 def _settings(data, c: Calibration, use_cuda: bool, reference=None) -> Settings:

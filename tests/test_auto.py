@@ -503,3 +503,26 @@ def test_config_list_fixed_ratios_count_toward_the_target_and_the_baseline_is_un
     out, stats = oc.compress_auto(model, "weight_svd", 0.9, ev, candidates=5, config_list=every)
     assert stats.baseline_score == pytest.approx(uncompressed, abs=1e-12)
     assert stats.mac_after / stats.mac_before <= 0.9 and all(l.requested_ratio == 0.8 for l in stats.layers)
+
+
+def test_trainer_loop_prunes_what_the_plain_run_prunes():
+    """With a trainer returning None the layer-by-layer loop gives the plain run's model: a
+    layer that only lost output channels to an earlier group is still pruned, and one
+    ratio for all skips (not refuses) the layers it cannot take."""
+    class T:
+        def train_model(self, m, layer, train_flag=True):
+            return None
+
+    resnet, calib = str(MODELS / "resnet_small.onnx"), str(MODELS / "digits32_calib.npz")
+    ratios = {"/layer1/conv1/Conv": 0.5, "/layer1/conv2/Conv": 0.5}
+    _, plain = oc.compress(resnet, "channel_pruning", ratios, data=calib, num_reconstruction_samples=200)
+    _, looped = oc.compress(resnet, "channel_pruning", ratios, data=calib, num_reconstruction_samples=200,
+                            trainer=T())
+    assert looped.mac_after == plain.mac_after and len(looped.layers) == len(plain.layers) == 2
+    vgg = str(MODELS / "vgg_small.onnx")
+    for scheme in ("weight_svd", "spatial_svd"):
+        plain_model, plain = oc.compress(vgg, scheme, 0.1)
+        looped_model, looped = oc.compress(vgg, scheme, 0.1, trainer=T())
+        assert [l.name for l in looped.layers] == [l.name for l in plain.layers]
+        assert sorted((s.name, s.reason) for s in looped.skipped) == sorted((s.name, s.reason) for s in plain.skipped)
+        assert looped.mac_after == plain.mac_after

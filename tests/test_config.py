@@ -109,7 +109,7 @@ def test_op_types_and_op_names_must_both_match() -> None:
 def test_unknown_key_names_it_and_lists_valid_keys() -> None:
     with pytest.raises(ParameterError, match=r"entry 2: unknown key 'op_type'.*op_types.*op_names.*exclude.*ratio"):
         resolve(LAYERS, [{"op_types": ["Conv"]}, {"op_type": ["Conv"]}], None)
-    with pytest.raises(ParameterError, match="unknown key 'sparsity_per_layer'.*use 'ratio'"):
+    with pytest.raises(ParameterError, match="unknown key 'sparsity_per_layer'.*use 'sparsity'.*'ratio'"):
         resolve(LAYERS, [{"op_types": ["Conv"], "sparsity_per_layer": 0.5}], None)
 
 

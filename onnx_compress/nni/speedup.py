@@ -28,14 +28,15 @@ import onnx
 
 from .. import ir, layers
 from ..errors import ParameterError
-from ..schemes.pruning import depgraph
+from ..schemes.pruning import depgraph, prune
 from . import weights as wmod
 
 
 @dataclass(frozen=True)
 class GroupSpeedup:
-    """One channel group: its root layer, the channels it had, those removed, those that
-    were dead but stayed (locked, or the last of some tensor), and the note."""
+    """One channel group: its root layer, the channels it had (counted in units: channels
+    that can only go together, such as an attention head's, count once), those removed,
+    those that were dead but stayed (locked, or the last of some tensor), and the note."""
 
     layer: str
     channels: int
@@ -92,26 +93,69 @@ def _live(group: depgraph.ChannelGroup, action) -> np.ndarray:
     return (nonzero[safe] & (index >= 0)).any(axis=1)
 
 
-def _biased(group: depgraph.ChannelGroup, actions, roots: np.ndarray) -> list[str]:
-    """The writers whose bias is non-zero at a channel of `roots`, and the per-channel
-    constants (BatchNormalization, an Add of a bias) on those channels: a zeroed filter's
-    channel still carries them, and they leave with it."""
+#: Ops that map a zero channel to zero (so a zeroed filter's channel stays zero through them).
+ZERO_SAFE = frozenset({
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Tanh", "Gelu", "Erf", "Identity", "Dropout",
+    "HardSwish", "Mish", "Softsign", "Neg", "Abs", "Sign", "Sin", "Sinh", "Asin", "Asinh", "Tan", "Atan",
+    "Atanh", "ThresholdedRelu", "Clip", "Mul", "Div", "Add", "Sub", "Sum", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Pad", "Resize", "Upsample", "Transpose", "Reshape",
+    "Flatten", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Gather", "Cast", "ReduceMean",
+    "ReduceSum", "ReduceMax", "ReduceMin", "BatchNormalization", "InstanceNormalization", "Conv", "Gemm", "MatMul"})
+_SCALES = frozenset({"Mul", "Div", "PRelu"})  # per-channel constants that keep zero at zero
+
+
+def _nonzero_at(value, idx: np.ndarray, axis: int) -> bool:
+    value = np.asarray(value)
+    if value.ndim == 0 or value.shape[axis] == 1:  # broadcast: every channel gets it
+        return bool(np.any(value != 0))
+    return bool(np.any(np.take(value, idx, axis=axis) != 0))
+
+
+def _shift_nonzero(node, idx: np.ndarray) -> bool:
+    """Whether a BatchNormalization gives a non-zero output for a zero input at `idx`."""
+    scale, bias, mean, var = (ir.constant_value(node.inputs[k]) for k in (1, 2, 3, 4))
+    if any(v is None for v in (scale, bias, mean, var)):
+        return True
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    shift = bias - mean * scale / np.sqrt(var + eps)
+    return _nonzero_at(shift, idx, 0)
+
+
+def not_exact(group: depgraph.ChannelGroup, roots: np.ndarray) -> list[str]:
+    """Why removing the zeroed filters `roots` changes the outputs: the nodes that give their
+    channels a non-zero value (a writer's or depthwise conv's bias, an added constant, a
+    BatchNormalization shift, an op that maps 0 elsewhere such as Sigmoid); [] when exact."""
     if not len(roots):
         return []
-    out = [ir.node_name(a.node) for a in group.actions
-           if a.kind == "param" and len(group.positions[a.tensor].removed(roots))]
-    for a in actions:
-        if len(a.node.inputs) < 3 or not a.node.inputs[2].name:
+    why = []
+    for a in group.actions:
+        pos = group.positions.get(a.tensor)
+        idx = pos.removed(roots) if pos is not None else np.zeros(0, np.int64)
+        if not len(idx):
             continue
-        bias = ir.constant_value(a.node.inputs[2])
-        idx = group.positions[a.tensor].removed(roots)
-        if bias is not None and bias.ndim >= 1 and len(idx) and np.any(np.take(bias, idx, axis=-1) != 0):
-            out.append(ir.node_name(a.node))
-    return list(dict.fromkeys(out))
+        node = a.node
+        if a.kind in ("out", "depthwise") and len(node.inputs) > 2 and node.inputs[2].name:
+            bias = ir.constant_value(node.inputs[2])
+            if bias is None or _nonzero_at(bias, idx, -1):
+                why.append(f"the bias of {ir.node_name(node)}")
+        elif a.kind == "param" and node.op not in _SCALES:
+            if node.op == "BatchNormalization":
+                if _shift_nonzero(node, idx):
+                    why.append(f"the shift of {ir.node_name(node)}")
+            elif node.op not in ("InstanceNormalization",):
+                value = ir.constant_value(node.inputs[a.slot])
+                if value is None or _nonzero_at(value, idx, a.axis):
+                    why.append(f"the constant {node.op} {ir.node_name(node)} adds")
+    for pos in group.positions.values():
+        producer = pos.tensor.inputs[0] if getattr(pos.tensor, "inputs", None) else None
+        if producer is not None and producer.op not in ZERO_SAFE and len(pos.removed(roots)):
+            why.append(f"{producer.op} {ir.node_name(producer)}, which maps 0 to a non-zero value")
+    return list(dict.fromkeys(why))
 
 
-def dead_channels(group: depgraph.ChannelGroup) -> tuple[np.ndarray, list[str]]:
-    """(roots whose channels are dead, writers with a non-zero bias at the removed filters)."""
+def dead_channels(group: depgraph.ChannelGroup) -> tuple[np.ndarray, np.ndarray]:
+    """(roots whose channels are dead, those of them dead only because their filters are
+    zero: removing these is exact only when nothing downstream makes them non-zero)."""
     readers = [a for a in group.actions if a.kind == "in"]
     writers = [a for a in group.actions if a.kind == "out"]
     unread = np.full(group.size, bool(readers))
@@ -123,7 +167,7 @@ def dead_channels(group: depgraph.ChannelGroup) -> tuple[np.ndarray, list[str]]:
         for a in writers:
             unwritten &= ~_live(group, a)
     dead = unread | unwritten
-    return np.flatnonzero(dead), _biased(group, writers, np.flatnonzero(unwritten & ~unread))
+    return np.flatnonzero(dead), np.flatnonzero(unwritten & ~unread)
 
 
 def _removable(group: depgraph.ChannelGroup, dead: np.ndarray) -> np.ndarray:
@@ -179,12 +223,12 @@ def speedup(model, masks=None) -> tuple[onnx.ModelProto, SpeedupStats]:
         if name in done:
             continue
         layer = next((l for l in analysis.layers if l.name == name), None)
-        if layer is None or layer.reason or layer.in_subgraph or layer.weight is None:
-            continue
+        if layer is None or layer.weight is None or prune.check_layer(layer):
+            continue  # (a depthwise conv's channels go with its consumer's group)
         group = depgraph.build_group(layer, analysis.graph, analysis.shapes)
         readers = group.in_layers()
         done.update(readers)
-        dead, biased = dead_channels(group)
+        dead, unwritten = dead_channels(group)
         if not len(dead):
             continue
         roots = _removable(group, dead)
@@ -192,9 +236,10 @@ def speedup(model, masks=None) -> tuple[onnx.ModelProto, SpeedupStats]:
             groups.append(GroupSpeedup(name, group.size, 0, len(dead), tuple(readers),
                                        group.lock_summary() or "the group keeps one channel"))
             continue
+        why = not_exact(group, np.intersect1d(roots, unwritten))
         depgraph.winnow(group, roots, ir.all_names(analysis.graph))
-        note = (f"not exact: the zeroed filters' channels still carried constants (bias, normalisation "
-                f"shift) of {', '.join(biased)}, removed with them as channel pruning does") if biased else ""
+        note = (f"not exact: the zeroed filters' channels were not zero downstream ({'; '.join(why)}); "
+                "removed with them, as NNI's speedup and channel pruning do") if why else ""
         groups.append(GroupSpeedup(name, group.size, len(roots), len(dead) - len(roots),
                                    tuple(readers + group.out_layers()), note))
         analysis = layers.refresh(analysis, ir.export(analysis.graph, proto, check=False))

@@ -202,36 +202,51 @@ def check_ignored(ratios, ignored: Mapping[str, str]) -> None:
             raise ParameterError(f"layer(s) {both} are both given a ratio and ignored; drop one of the two")
 
 
-def apply_with_trainer(scheme: "Scheme", model: onnx.ModelProto, ratios: Mapping[str, Fraction], ctx: Context,
-                       trainer, ignored=None) -> StepResult:
-    """`scheme.apply` one layer at a time, in the order of `ratios`, calling AIMET's
-    layer-wise fine-tuning hook `trainer.train_model(model, layer_name, train_flag=True)`
-    after each; it returns the fine-tuned ModelProto, or None (AIMET's trainers tune in
-    place; an ONNX model cannot be, so it is taken as unchanged). A layer whose weight an
-    earlier step already changed (channel pruning of its group) is not compressed again."""
+def _in_width(layer) -> int:
+    """A layer's input channel count (what channel pruning of its group shrinks)."""
+    return int(layer.weight.shape[1]) if layer.op == "Conv" else int(layer.matrix_shape()[0])
+
+
+def apply_with_trainer(scheme: "Scheme", model: onnx.ModelProto, ratios, ctx: Context, trainer,
+                       ignored=None, order: list[str] | None = None) -> StepResult:
+    """`scheme.apply` one layer at a time, calling AIMET's layer-wise fine-tuning hook
+    `trainer.train_model(model, layer_name, train_flag=True)` after each; it returns the
+    fine-tuned ModelProto, or None (AIMET's trainers tune in place; an ONNX model cannot be,
+    so it is taken as unchanged). `ratios`: layer name -> ratio (in that order), or one
+    ratio for the layers of `order`, each applied as the plain run applies one ratio to all
+    (a layer it cannot take is skipped with the reason). A layer whose input channels an
+    earlier step already pruned (with its channel group) is not compressed again."""
     from ..layers import analyze
 
+    ignored = dict(ignored or {})
+    one = not isinstance(ratios, Mapping)
+    names = list(order or []) if one else list(ratios)
     current, stats, skipped = model, [], []
     changed: dict[str, str] = {}
-    for name, ratio in ratios.items():
-        found = {l.name: l for l in analyze(current, ctx.dims).layers if l.weight is not None}
+    others = "compressed in another step of the trainer's loop"
+    for name in names:
+        found = {l.name: l for l in analyze(current, ctx.dims).compressible}
         if name in changed:
             op = found[name].op if name in found else ""
             skipped.append(SkippedLayer(name, op, f"compressed with the group of '{changed[name]}'"))
             continue
-        before = {n: l.weight.shape for n, l in found.items()}
-        step = scheme.apply(current, {name: ratio}, ctx, ignored)
+        before = {n: _in_width(l) for n, l in found.items()}
+        if one:
+            rest = {n: others for n in found if n != name and n not in ignored}
+            step = scheme.apply(current, ratios, ctx, {**ignored, **rest})
+        else:
+            step = scheme.apply(current, {name: ratios[name]}, ctx, ignored)
         stats += step.layers
-        skipped += step.skipped
-        after = {l.name: l.weight.shape for l in analyze(step.model, ctx.dims).layers if l.weight is not None}
-        for other, shape in before.items():
-            if other != name and other in after and after[other] != shape:
+        skipped += [k for k in step.skipped if k.reason != others]
+        after = {l.name: _in_width(l) for l in analyze(step.model, ctx.dims).compressible}
+        for other, width in before.items():
+            if other != name and other in after and after[other] != width:
                 changed.setdefault(other, name)
         updated = trainer.train_model(step.model, name, train_flag=True)
         if updated is None:
             updated = step.model
         if not isinstance(updated, onnx.ModelProto):
-            raise ParameterError("trainer.train_model must return an onnx.ModelProto or None, "
-                                 f"got {type(updated).__name__}")
+            raise ParameterError(f"trainer.train_model(model, '{name}', train_flag=True) must return an "
+                                 f"onnx.ModelProto or None, got {type(updated).__name__}")
         current = updated
     return StepResult(current, stats, skipped)

@@ -114,7 +114,10 @@ def run(job: Job, proto: onnx.ModelProto, first: layers.Analysis, settings: Sett
     if resolution.fixed:
         # the baseline is the uncompressed model's; the dictionary scores from the fixed step on
         r.baseline = job.eval.score(proto)
-        step = scheme.apply(current, dict(resolution.fixed), ctx)
+        if job.search.trainer is not None:
+            step = apply_with_trainer(scheme, current, dict(resolution.fixed), ctx, job.search.trainer)
+        else:
+            step = scheme.apply(current, dict(resolution.fixed), ctx)
         current = step.model
         r.layer_stats += step.layers
         r.skipped += step.skipped

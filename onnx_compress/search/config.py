@@ -44,7 +44,7 @@ ALIASES: dict[str, tuple[str, ...] | None] = {
 }
 _KEY_HINTS = {
     "target": "the target is global, not per entry: pass it to the compressor, e.g. as target_comp_ratio",
-    "sparsity_per_layer": "use 'ratio' (cost after / cost before, i.e. 1 - sparsity)",
+    "sparsity_per_layer": "use 'sparsity' (the fraction removed) or 'ratio' (cost after / cost before)",
     "total_sparsity": "the target is global, not per entry: pass it to the compressor",
 }
 REGEX_PREFIX = "re:"
@@ -211,7 +211,9 @@ def _parse_entry(entry, index: int, known_ops: list[str]) -> _Entry:
         raise ParameterError(f"{where}: 'exclude' must be true or false, got {exclude!r}")
     ratio = _parse_ratio(entry, where)
     if exclude and ratio is not None:
-        raise ParameterError(f"{where}: has both 'exclude': true and 'ratio' {ratio}; an excluded layer takes no ratio")
+        key = "sparsity" if entry.get("sparsity") is not None else "ratio"
+        raise ParameterError(f"{where}: has both 'exclude': true and '{key}' {entry[key]}; an excluded layer "
+                             f"takes no {key}")
     return _Entry(index, op_types, every, op_names, exclude, ratio)
 
 
