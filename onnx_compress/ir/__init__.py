@@ -38,6 +38,7 @@ from .graph import (
     insert_gather,
     iter_nodes,
     node_name,
+    private_producer,
     replace_with_chain,
     set_input,
     subgraphs,
@@ -71,6 +72,6 @@ __all__ = [
     "all_graphs", "all_names", "append_input", "chain_model", "checked", "concrete_shapes", "constant_value",
     "export", "expose_tensors", "external_files", "file_source", "forget_shape", "graph_inputs", "identity_model",
     "import_graph", "insert_gather", "is_file_backed", "iter_nodes", "load", "model_bytes", "node_name",
-    "normalize", "opset", "replace_with_chain", "save", "set_initializer", "set_input", "static_shapes",
+    "normalize", "opset", "private_producer", "replace_with_chain", "save", "set_initializer", "set_input", "static_shapes",
     "subgraphs", "to_array", "too_big", "unique_name", "uses_external_data", "with_input_dims",
 ]

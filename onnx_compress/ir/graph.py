@@ -196,6 +196,30 @@ def insert_gather(graph: gs.Graph, node: gs.Node, slot: int, indices: np.ndarray
     return name
 
 
+def private_producer(graph: gs.Graph, consumer: gs.Node, slot: int, taken: set[str],
+                     through: tuple[str, ...] = ("Cast", "Identity")) -> gs.Node:
+    """Give `consumer` its own copy of the node that computes its input `slot` (and of the
+    `through` nodes in between), so that editing the copy changes no other consumer (a
+    Reshape target Concat an exporter shares between layers). Returns the copied node."""
+    chain, t = [], consumer.inputs[slot]
+    while t.inputs and t.inputs[0].op in through:
+        chain.append(t.inputs[0])
+        t = t.inputs[0].inputs[0]
+    chain.append(t.inputs[0])
+    prev, base = None, None
+    for node in reversed(chain):
+        inputs = list(node.inputs)
+        if prev is not None:
+            inputs[0] = prev
+        name = unique_name(f"{node_name(node)}.copy", taken)
+        prev = gs.Variable(unique_name(f"{name}.out", taken), dtype=node.outputs[0].dtype)
+        copy = gs.Node(node.op, name=name, attrs=dict(node.attrs), inputs=inputs, outputs=[prev])
+        graph.nodes.append(copy)
+        base = base or copy
+    consumer.inputs[slot] = prev
+    return base
+
+
 def forget_shape(tensor: gs.Tensor) -> None:
     """Drop a variable's recorded shape (it changed); export re-infers it."""
     if isinstance(tensor, gs.Variable):

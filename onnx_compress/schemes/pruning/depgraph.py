@@ -21,6 +21,12 @@ Where channels cannot be removed (a graph input or output, an op the table does 
 a grouped conv, a normalisation over the channel axis), the roots that reach it are
 *locked*, with the reason; nothing raises.
 
+A Reshape that splits the channel axis into (H, D) or merges (H, D) back (attention's head
+split and merge) maps channels to blocks of D: on the split side the position is the H axis,
+so each head becomes one unit; a MatMul of two activations passes channels on its batch axes
+(the heads) to both operands. The group of an attention block's output projection thus
+reaches Q, K and V, one unit per head.
+
 `winnow` then removes a set of roots from every tensor of the group by slicing the
 constants of the group's nodes (and rewriting the Slice bounds, Gather indices, Split
 sizes, Reshape targets and GroupNormalization group counts they touch). It is exact:

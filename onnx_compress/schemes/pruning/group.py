@@ -38,6 +38,7 @@ class ChannelGroup:
     locked: np.ndarray | None = None
     reasons: dict[str, int] = field(default_factory=dict)
     unit_of: np.ndarray | None = None
+    graph: object = None  # the graph the group lives in (winnow may add nodes to it)
 
     def in_layers(self) -> list[str]:
         """Names of the layers that lose input channels with this group."""
@@ -218,7 +219,7 @@ def build_group(layer: Layer, graph: ir.Graph, shapes: dict[str, Shape]) -> Chan
         src_shape = shapes.get(producer.inputs[0].name)
         if src_shape and len(src_shape) > 2 and math.prod(src_shape[1:]) == size:
             start, axis, size = producer.inputs[0], 1, src_shape[1]
-    group = ChannelGroup(layer=layer, size=int(size), locked=np.zeros(int(size), dtype=bool))
+    group = ChannelGroup(layer=layer, size=int(size), locked=np.zeros(int(size), dtype=bool), graph=graph)
     names_in = {t.name for t in graph.inputs}
     names_out = {t.name for t in graph.outputs}
     walk = Walk(group, shapes, names_in, names_out, int(getattr(graph, "opset", None) or 17))

@@ -42,8 +42,46 @@ def _conv(w: Walk, node, pos: Position) -> str | None:
     return f"grouped conv {ir.node_name(node)!r}, group={group}"
 
 
+def _batched(w: Walk, node, pos: Position) -> str | None:
+    """MatMul of two activations (attention's Q.K^T and P.V): channels on a batch axis (the
+    heads) pass to the output and to the other operand where it is not broadcast; on the
+    rows of A or the columns of B they pass to the output's; the contracted axis locks."""
+    a, b, out = node.inputs[0], node.inputs[1], node.outputs[0]
+    shapes = [w.shape(t) for t in (a, b, out)]
+    if any(s is None or len(s) < 2 for s in shapes):
+        return f"{_where(node)} shapes unknown"
+    ra, rb, ro = (len(s) for s in shapes)
+    if _is_output(node, pos.tensor):
+        from_end = ro - pos.axis
+    else:
+        from_end = (ra if pos.tensor is a else rb) - pos.axis
+    if from_end <= 2:  # a matrix axis
+        if pos.tensor is a and from_end == 1 or pos.tensor is b and from_end == 2:
+            return f"{_where(node)} contracts the channel axis"
+        side = a if from_end == 2 else b
+        mine = ra if side is a else rb
+        if pos.tensor is not side:
+            w.visit(side, mine - from_end, pos.index)
+        if pos.tensor is not out:
+            w.visit(out, ro - from_end, pos.index)
+        return None
+    size = shapes[2][ro - from_end] if ro - from_end >= 0 else None
+    for t, rank, shape in ((a, ra, shapes[0]), (b, rb, shapes[1]), (out, ro, shapes[2])):
+        axis = rank - from_end
+        if t is pos.tensor or axis < 0 or shape[axis] == 1:
+            continue  # broadcast there: not tied
+        if shape[axis] != size:
+            return f"{_where(node)} mixes batch sizes"
+        w.visit(t, axis, pos.index)
+    return None
+
+
 def _matrix(w: Walk, node, pos: Position) -> str | None:
-    """Gemm and MatMul with a constant 2-D weight: channels on the last axis."""
+    """Gemm and MatMul with a constant 2-D weight: channels on the last axis. A MatMul of
+    two activations passes them on (`_batched`)."""
+    if (node.op == "MatMul" and len(node.inputs) == 2 and ir.constant_value(node.inputs[0]) is None
+            and ir.constant_value(node.inputs[1]) is None):
+        return _batched(w, node, pos)
     if len(node.inputs) < 2 or ir.constant_value(node.inputs[1]) is None:
         return f"{_where(node)} has a non-constant weight"
     weight = ir.constant_value(node.inputs[1])

@@ -79,6 +79,11 @@ def _flatten_like(w: Walk, node, pos: Position) -> str | None:
         why = _flatten_blocks(w, node, pos, in_shape, target)
     else:
         why = _keep_whole(w, node, pos, in_shape, out_shape, target)
+        if why and why.endswith("reshapes the channel axis") and node.op == "Reshape":
+            split = _split_merge(w, node, pos, in_shape, out_shape, target)
+            if split is not True:
+                return split or why
+            return None
     if why:
         return why
     if node.op == "Reshape" and target is None:
@@ -142,16 +147,139 @@ def _target_keeps(w: Walk, node, target, in_axis: int, out_axis: int, out_rank: 
     return None
 
 
+# --------------------------------------------- Reshape splitting or merging channels
+def _split_pair(in_shape, out_shape, axis: int):
+    """(first output axis, outer size H, inner size D) when a reshape splits input axis
+    `axis` into two adjacent output axes (H, D) with H * D its size, the axes before it
+    holding as many elements (attention's [B, S, H*D] -> [B, S, H, D]); else None."""
+    before = math.prod(in_shape[:axis])
+    for a in range(len(out_shape) - 1):
+        if (out_shape[a] * out_shape[a + 1] == in_shape[axis] and math.prod(out_shape[:a]) == before
+                and out_shape[a] > 1 and out_shape[a + 1] > 1):
+            return a, out_shape[a], out_shape[a + 1]
+    return None
+
+
+def _split_merge(w: Walk, node, pos: Position, in_shape, out_shape, target):
+    """A Reshape that splits the channel axis into (H, D) or merges (H, D) into one axis:
+    the channels go by whole blocks of D (attention heads). On the split side the position
+    is the H axis, so a channel's root shares its head's index with the head's other
+    channels and they merge into one unit; the D axis keeps its size. When the split tensor
+    is an LSTM/GRU output's (direction, hidden) pair (`ops_recurrent.hidden_split`), a
+    merged channel d*D + j maps to index j of the inner (hidden) axis instead. True when
+    handled, else the reason (or None to keep the caller's)."""
+    src, out = node.inputs[0], node.outputs[0]
+    forward = not _is_output(node, pos.tensor)
+    merged_is_in = len(out_shape) > len(in_shape)
+    merged_shape, split_shape = (in_shape, out_shape) if merged_is_in else (out_shape, in_shape)
+    on_merged = forward == merged_is_in
+    merged_axis = pos.axis if on_merged else None
+    if merged_axis is None:  # the position is on the split side: find which merged axis
+        for a in range(len(merged_shape)):
+            pair = _split_pair(merged_shape, split_shape, a)
+            if pair and pair[0] in (pos.axis, pos.axis - 1):
+                merged_axis = a
+                break
+        if merged_axis is None:
+            return None
+    pair = _split_pair(merged_shape, split_shape, merged_axis)
+    if pair is None:
+        return None
+    head_axis, heads, block = pair
+    split_tensor, merged_tensor = (out, src) if merged_is_in else (src, out)
+    from .ops_recurrent import from_hidden, hidden_split, to_hidden
+
+    inner = not merged_is_in and hidden_split(w, split_tensor, head_axis)
+    if not on_merged and pos.axis != head_axis + int(inner):
+        return f"{_where(node)} splits the channel axis inside a block (axis {pos.axis})"
+    out_axis = (head_axis if merged_is_in else merged_axis)
+    why = _computed_entry(w, node, target, out_axis, merged_is_in, block)
+    if why:
+        return why
+    if on_merged:
+        w.visit(split_tensor, head_axis + int(inner), (to_hidden if inner else _heads)(pos.index, block))
+    else:
+        w.visit(merged_tensor, merged_axis,
+                from_hidden(pos.index, heads, block) if inner else _expand(pos.index, block))
+    w.act("reshape", node, pos, sizes=_target_slot(w, node, out_axis, out_shape))
+    return True
+
+
+def _heads(index: np.ndarray, block: int) -> np.ndarray:
+    """Channel indices -> the index of the block of `block` that holds each (-1 stays)."""
+    from .channels import _canon
+
+    return _canon(np.where(index >= 0, index // block, -1))
+
+
+def _computed_entry(w: Walk, node, target, out_axis: int, split: bool, block: int) -> str | None:
+    """Why the Reshape's target cannot be updated where the channel count changes."""
+    elems = target if target is not None else _elems(w, node.inputs[1])
+    if elems is None or out_axis >= len(elems):
+        return f"{_where(node)} has a target shape it cannot read"
+    entry = elems[out_axis]
+    if split and out_axis + 1 < len(elems) and elems[out_axis + 1] not in (("c", block), ("c", -1)):
+        return f"{_where(node)} computes the size of the blocks it splits the channels into"
+    if entry[0] == "e" or (entry[0] == "c" and entry[1] == 0):
+        return f"{_where(node)} computes the channel count of its target"
+    if target is not None and entry[0] == "d" and _target_slot(w, node, out_axis, None) == ():
+        return f"{_where(node)} has a computed target whose channel count it cannot rewrite"
+    return None
+
+
+def _target_slot(w: Walk, node, out_axis: int, out_shape) -> tuple[int, ...]:
+    """For a computed Reshape target built by a Concat: (concat input slot, the target's
+    dim there now) of the one-element input that states the channel count; () when the
+    target is a constant or the entry is -1 (nothing to trace)."""
+    if ir.constant_value(node.inputs[1]) is not None:
+        return ()
+    t = node.inputs[1]
+    while t.inputs and t.inputs[0].op in ("Cast", "Identity"):
+        t = t.inputs[0].inputs[0]
+    if not t.inputs or t.inputs[0].op != "Concat":
+        return ()
+    concat, start = t.inputs[0], 0
+    for slot, part in enumerate(concat.inputs):
+        elems = _elems(w, part)
+        if elems is None:
+            return ()
+        if start <= out_axis < start + len(elems):
+            if len(elems) != 1 or elems[0] == ("c", -1):
+                return ()
+            dim = out_shape[out_axis] if out_shape is not None else 0
+            return (slot, int(dim))
+        start += len(elems)
+    return ()
+
+
 def _shrink_reshape(cut: Cut, action: Action, pos: Position, idx: np.ndarray) -> None:
     """Rewrite an explicit channel (or feature) count in a Reshape's target shape."""
     node = action.node
     out_pos = cut.group.positions.get(node.outputs[0].name)
     if out_pos is None:
         return
+    if ir.constant_value(node.inputs[1]) is None:
+        _shrink_computed(cut, action, out_pos)
+        return
     shape = ir.constant_value(node.inputs[1]).copy()
     if shape[out_pos.axis] > 0:
         shape[out_pos.axis] -= len(out_pos.removed(cut.roots))
         ir.set_input(node, 1, shape, cut.name(node, "shape"))
+
+
+def _shrink_computed(cut: Cut, action: Action, out_pos: Position) -> None:
+    """A computed target (Concat of shape pieces): the Reshape gets a private copy of the
+    Concat whose one-element input that states the channel count becomes the new count (the
+    dim recorded when the group was built)."""
+    if len(action.sizes) != 2:
+        return  # -1 (or a copied dim that shrinks along): nothing stored
+    slot, dim = action.sizes
+    # the Reshape gets its own copy of the Concat: exporters share one between layers
+    concat = ir.private_producer(cut.group.graph, action.node, 1, cut.taken)
+    old = ir.constant_value(concat.inputs[slot])
+    dtype = old.dtype if old is not None else np.int64
+    new = np.array([dim - len(out_pos.removed(cut.roots))], dtype=dtype)
+    ir.set_input(concat, slot, new, cut.name(concat, f"dim{slot}"))
 
 
 # ----------------------------------------------------------------------- Transpose
