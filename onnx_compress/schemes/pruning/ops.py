@@ -30,6 +30,7 @@ from .ops_elementwise import BROADCAST, UNARY, _broadcast, _pad, _resize, _shrin
 from .ops_index import _concat, _gather, _shrink_gather, _shrink_slice, _shrink_split, _slice, _split
 from .ops_layer import _conv, _matrix, _shrink_layer
 from .ops_norm import ALONG_AXIS, _along_axis, _channel_norm, _groupnorm, _layernorm, _shrink_groupnorm, _topk
+from .ops_recurrent import GATES, _recurrent, _shrink_recurrent
 from .ops_shape import REDUCE, _flatten_like, _shape, _shrink_reshape, _squeeze_like, _transpose
 
 __all__ = ["OpRule", "OPS", "register_op", "shrink_none", "shrink_params",
@@ -51,6 +52,8 @@ OPS: dict[str, OpRule] = {
     "Conv": OpRule(_conv, _shrink_layer),
     "Gemm": OpRule(_matrix, _shrink_layer),
     "MatMul": OpRule(_matrix, _shrink_layer),
+    # recurrent: writers of their hidden units, readers of their input features
+    **{op: OpRule(_recurrent, _shrink_recurrent) for op in sorted(GATES)},
     # element-wise
     **{op: _PASS for op in sorted(UNARY - {"Pad", "Resize", "Upsample"})},
     "Pad": OpRule(_pad, shrink_none),

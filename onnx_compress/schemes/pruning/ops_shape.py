@@ -75,7 +75,10 @@ def _flatten_like(w: Walk, node, pos: Position) -> str | None:
         target = _elems(w, node.inputs[1])
         if target is None or len(target) != len(out_shape):
             return f"{_where(node)} has a computed shape"
-    if len(out_shape) == 2 and len(in_shape) >= 2 and out_shape[0] == in_shape[0] and pos.axis == 1:
+    from .ops_recurrent import hidden_split
+
+    flat = len(out_shape) == 2 and len(in_shape) >= 2 and out_shape[0] == in_shape[0] and pos.axis == 1
+    if flat and not (node.op == "Reshape" and hidden_split(w, src, 1)):  # [B, dirs, H] merges as below
         why = _flatten_blocks(w, node, pos, in_shape, target)
     else:
         why = _keep_whole(w, node, pos, in_shape, out_shape, target)
