@@ -174,3 +174,27 @@ def test_example_level_pruner_runs():
     assert out["float"] > 0.9 and out["level 0.8 sparsity"] == pytest.approx(0.8, abs=1e-4)
     assert out["YourQuantizer"] > 0.9
     assert 0.5 < out["speedup MAC ratio"] < 0.75
+
+
+def test_naive_quantizer_weights_only_gives_real_int8_weights_without_data():
+    import builders
+
+    model = builders.matmul_model(k=64, n=16, lead=(4,))
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    ref = builders.run(model, {"x": x})[0]
+    q = nni.NaiveQuantizer(weights_only=True)(model)
+    assert "MatMulInteger" in [n.op_type for n in q.graph.node]
+    int8 = [t for t in q.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    assert [tuple(t.dims) for t in int8] == [(64, 16)]
+    assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 for t in q.graph.initializer)
+    got = builders.run(q, {"x": x})[0]
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.03  # measured 0.010
+    q4 = nni.NaiveQuantizer([{"q_bits": 4, "op_types": "default"}], weights_only=True)(model)
+    assert [n.op_type for n in q4.graph.node] == ["MatMulNBits"]
+    assert nni.NaiveQuantizer()(model).graph.node[0].op_type == "MatMul"  # default unchanged: fake quantization
+    with pytest.raises(ParameterError, match="not both"):
+        nni.NaiveQuantizer(data={"x": x}, weights_only=True)
+    with pytest.raises(ParameterError, match="weights_only=True quantizes every layer"):
+        nni.NaiveQuantizer([{"q_bits": 6, "op_types": "default"}], weights_only=True)(model)
+    with pytest.raises(ParameterError, match="int8-weight quantization takes MatMul layers"):
+        nni.NaiveQuantizer(weights_only=True)(builders.conv_model())

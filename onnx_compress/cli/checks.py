@@ -81,19 +81,3 @@ def _check_flags(args) -> None:
         for value in _parse_floats(args.ratio, "--ratio"):
             if not 0 < value <= 1:
                 raise ParameterError(f"--ratio must be in (0, 1] (a layer's cost after / before), got {value}")
-
-
-def _check_common(args) -> None:
-    _check_flags(args)
-    if args.quantize:
-        if not args.data:
-            raise ParameterError("--quantize calibrates on --data CALIB.npz; pass it")
-        _quant_settings(args)
-
-
-def _quant_settings(args):
-    from ..runtime.quantize import QuantizeSettings
-
-    return QuantizeSettings(per_channel=not args.per_tensor, calibrate_method=args.calibration,
-                            max_batches=args.calibration_batches, reduce_range=args.reduce_range,
-                            use_cuda=args.cuda).check()

@@ -7,9 +7,8 @@ import json
 
 from .. import api, evaluators, files, ir, runtime
 from ..errors import ParameterError
-from .checks import (_check_common, _check_flags, _parse_floats, _parse_ratios, _parse_shapes, _quant_settings,
-                     _schemes)
-from .outputs import _finish, _outputs, _print_steps, _save, _steps
+from .checks import _check_flags, _parse_floats, _parse_ratios, _parse_shapes, _schemes
+from .outputs import _finish, _outputs, _print_steps, _save, _steps, quant_settings
 
 
 def cmd_inspect(args) -> int:
@@ -50,8 +49,14 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    _check_common(args)
+    _check_flags(args)
+    if args.quantize:
+        settings = quant_settings(args)  # int8 needs --data; checked before any file is read
     with _outputs(args) as outs:
+        if args.quantize:
+            from ..runtime import quantize as quant_mod
+
+            quant_mod.weight_plan(args.model, settings)  # int4 / int8-weight: a MatMul weight to take
         if args.target is not None:
             return _compress_auto(args, outs)
         return _compress_manual(args, outs)
@@ -144,7 +149,7 @@ def _compress_auto(args, outs: files.Outputs) -> int:
 
 def cmd_quantize(args) -> int:
     _check_flags(args)
-    settings = _quant_settings(args)
+    settings = quant_settings(args)
     with _outputs(args) as outs:
         return _quantize(args, outs, settings)
 
@@ -154,28 +159,42 @@ def _quantize(args, outs: files.Outputs, settings) -> int:
 
     original = ir.load(args.model)
     quant_mod.refuse_quantized(original, args.model)  # before any evaluation, naming the file
+    plan = quant_mod.weight_plan(original, settings, args.model)  # int4 / int8-weight: refused here if no MatMul
     callback = evaluators.accuracy(args.eval_data) if args.eval_data else None
     before = runtime.evaluate(original, callback, None, args.cuda) if callback else None
     qmodel = quant_mod.quantize(original, args.data, settings)
     after = runtime.evaluate(qmodel, callback, None, args.cuda) if callback else None
     _save(args, qmodel)
+    label = quant_mod.STEP_NAMES[settings.precision]
     steps = [{"step": "original", "score": before, "bytes": quant_mod.file_size(args.model), "mac_ratio": None},
-             {"step": "quantized (int8 QDQ)", "score": after, "bytes": quant_mod.file_size(args.staged["output"]),
-              "mac_ratio": None}]
+             {"step": label, "score": after, "bytes": quant_mod.file_size(args.staged["output"]), "mac_ratio": None}]
+    if plan is not None:
+        steps[1]["note"] = plan.note()
     if args.report:
-        from .. import report
-        from ..stats import CompressionStats
-
-        analysis = api.inspect(original)
-        stats = CompressionStats(scheme="quantize (int8 QDQ)", cost_metric="-", mac_before=None, mac_after=None,
-                                 memory_before=analysis.total("memory"), memory_after=analysis.total("memory"),
-                                 baseline_score=before, final_score=after, input_dims=dict(analysis.input_dims),
-                                 parameters={"model": args.model, "data": args.data, **vars(settings)})
-        report.write(args.staged["report"], stats, command=args.command_line, steps=steps)
+        _quantize_report(args, original, settings, plan, steps, (before, after))
     outs.commit()
     print(f"wrote {args.output}" + (f"; report {args.report}" if args.report else ""))
     _print_steps(steps, "accuracy" if callback else "score")
     return 0
+
+
+def _quantize_report(args, original, settings, plan, steps: list[dict], scores: tuple) -> None:
+    """The quantize command's HTML report: the steps, the layers left float, the parameters."""
+    from .. import report
+    from ..runtime.quantize import STEP_NAMES
+    from ..stats import CompressionStats, SkippedLayer
+
+    analysis = api.inspect(original)
+    params = {"model": args.model, "data": args.data, **vars(settings)}
+    skipped = ()
+    if plan is not None:
+        params["quantization"] = plan.to_dict()
+        skipped = tuple(SkippedLayer(name, op, why) for name, op, why in plan.left_float)
+    stats = CompressionStats(scheme=STEP_NAMES[settings.precision].replace("quantized", "quantize"), cost_metric="-",
+                             mac_before=None, mac_after=None, memory_before=analysis.total("memory"),
+                             memory_after=analysis.total("memory"), skipped=skipped, baseline_score=scores[0],
+                             final_score=scores[1], input_dims=dict(analysis.input_dims), parameters=params)
+    report.write(args.staged["report"], stats, command=args.command_line, steps=steps)
 
 
 def cmd_report(args) -> int:

@@ -1,11 +1,12 @@
 """A command's output files, checked and staged before any work (files.Outputs), then
-written and committed together; the printed table of steps (original, compressed, int8)."""
+written and committed together; the quantization hand-off's settings; the printed table of
+steps (original, compressed, quantized)."""
 from __future__ import annotations
 
 import json
 
 from .. import files, ir, runtime
-from .checks import _quant_settings
+from ..errors import ParameterError
 
 
 #: Flags naming files a command reads (no output may be one of them), as errors name them.
@@ -55,9 +56,14 @@ def _finish(args, outs: files.Outputs, model, stats, callback, steps: list[dict]
 
     quant_row = None
     if args.quantize:
-        qmodel = quant_mod.quantize(model, args.data, _quant_settings(args))
+        settings = quant_settings(args)
+        plan = quant_mod.weight_plan(model, settings, "the compressed model")
+        qmodel = quant_mod.quantize(model, args.data, settings)
         score = runtime.evaluate(qmodel, callback, args.eval_iterations, args.cuda) if callback else None
-        quant_row = {"step": "quantized (int8 QDQ)", "score": score, "mac_ratio": stats.mac_ratio}
+        quant_row = {"step": quant_mod.STEP_NAMES[settings.precision], "score": score, "mac_ratio": stats.mac_ratio}
+        if plan is not None:
+            quant_row["note"] = plan.note()
+            stats.parameters["quantization"] = plan.to_dict()  # shown in the report's parameters
         model = qmodel
     _save(args, model)
     if quant_row is not None:
@@ -74,6 +80,24 @@ def _finish(args, outs: files.Outputs, model, stats, callback, steps: list[dict]
         report.write(args.staged["report"], stats, command=args.command_line, steps=steps)
     outs.commit()
     return quant_row
+
+
+def quant_settings(args):
+    """QuantizeSettings from the quantization flags (compress --quantize P, quantize --precision P),
+    checked before any file is read; int8 (static) needs --data."""
+    from ..runtime.quantize import QuantizeSettings
+
+    precision = getattr(args, "precision", None) or args.quantize
+    if precision == "int8" and not args.data:
+        flag = "--precision int8" if args.command == "quantize" else "--quantize"
+        other = "--precision" if args.command == "quantize" else "--quantize"
+        raise ParameterError(f"{flag} calibrates on --data CALIB.npz; pass it, or quantize the weights only, "
+                             f"without data: {other} int8-weight or {other} int4")
+    return QuantizeSettings(precision=precision, per_channel=not args.per_tensor, calibrate_method=args.calibration,
+                            max_batches=args.calibration_batches, reduce_range=args.reduce_range,
+                            use_cuda=args.cuda, block_size=args.block_size, symmetric=not args.asymmetric,
+                            accuracy_level=args.accuracy_level, int8_weight_format=args.int8_weight_format,
+                            gemm_to_matmul=not args.keep_gemm).check()
 
 
 def _save(args, model) -> None:
@@ -98,3 +122,6 @@ def _print_steps(steps: list[dict], what: str) -> None:
         score = "-" if st.get("score") is None else f"{st['score']:.4f}"
         ratio = "-" if st.get("mac_ratio") is None else f"{st['mac_ratio']:.4f}"
         print(f"{st['step']:<28} {score:>10} {st['bytes']:>12,} {ratio:>10}")
+    for st in steps:
+        if st.get("note"):
+            print(f"{st['step']}: {st['note']}")

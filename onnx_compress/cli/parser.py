@@ -10,6 +10,8 @@ import argparse
 from .. import __version__
 from .checks import SCHEME_NAMES
 
+PRECISIONS = ("int8", "int4", "int8-weight")
+
 SHAPE_HELP = ("fix a dynamic input's shape for the cost model, e.g. input=1,3,224,224 "
               "(repeat for several inputs; a dynamic batch dim defaults to 1)")
 
@@ -174,7 +176,7 @@ def _auto_options(com) -> None:
 
 
 def _compress_outputs(com) -> None:
-    """Provider, external data, the report, and the optional int8 step after compressing."""
+    """Provider, external data, the report, and the optional quantization step after compressing."""
     com.add_argument("--cuda", action="store_true", help="evaluate with CUDAExecutionProvider if available")
     com.add_argument("--external-data", action="store_true",
                      help="write weights to OUT.data beside the model (automatic above 2 GB "
@@ -182,20 +184,28 @@ def _compress_outputs(com) -> None:
     com.add_argument("--report", metavar="REPORT.html",
                      help="write a self-contained HTML report: summary, per-layer costs, score "
                           "curves, chosen ratios, skipped layers, the command")
-    com.add_argument("--quantize", choices=("int8",), default=None,
-                     help="then quantize the compressed model (ONNX Runtime static QDQ, calibrated "
-                          "on --data); OUT is the quantized model")
+    com.add_argument("--quantize", choices=PRECISIONS, default=None,
+                     help="then quantize the compressed model; OUT is the quantized model. int8: ONNX Runtime "
+                          "static QDQ, calibrated on --data; int4 / int8-weight: the MatMul weights only, no "
+                          "data (transformers; Conv layers stay float)")
     _quant_options(com)
 
 
 def _add_quantize(sub, common) -> None:
-    qu = sub.add_parser("quantize", parents=[common], help="quantize a model to int8 QDQ (ONNX Runtime static)",
-                        description="Static int8 quantization with QuantizeLinear/DequantizeLinear pairs, "
-                                    "activation ranges calibrated on D.npz. Prints file size and accuracy "
+    qu = sub.add_parser("quantize", parents=[common], help="quantize a model (ONNX Runtime: int8 QDQ, or "
+                                                           "int4 / int8 weights only)",
+                        description="--precision int8 (default): static int8 quantization with "
+                                    "QuantizeLinear/DequantizeLinear pairs, activation ranges calibrated on "
+                                    "CALIB.npz. int4 / int8-weight: the weights of MatMul layers only, no data "
+                                    "(ORT's MatMulNBits / dynamic MatMulInteger). Prints file size and accuracy "
                                     "(with --eval-data) before and after.")
     qu.add_argument("model", help="input .onnx file (never modified)")
     qu.add_argument("-o", "--output", required=True, help="output .onnx file")
-    qu.add_argument("--data", required=True, metavar="CALIB.npz", help="calibration data (inputs by name)")
+    qu.add_argument("--precision", choices=PRECISIONS, default="int8",
+                    help="int8: static QDQ, weights and activations, needs --data (default); int4: 4-bit MatMul "
+                         "weights (MatMulNBits); int8-weight: int8 MatMul weights, no data (activations quantized "
+                         "at run time)")
+    qu.add_argument("--data", metavar="CALIB.npz", help="calibration data (inputs by name; int8 only)")
     qu.add_argument("--eval-data", metavar="E.npz", help="labelled data: report top-1 accuracy before/after")
     qu.add_argument("--cuda", action="store_true", help="calibrate with CUDAExecutionProvider if available")
     qu.add_argument("--report", metavar="REPORT.html", help="write an HTML report of the step")
@@ -228,3 +238,14 @@ def _quant_options(parser) -> None:
     group.add_argument("--reduce-range", action="store_true",
                        help="7-bit weights: avoids int8 saturation in ORT's kernels on x86 CPUs without "
                             "VNNI (leave off for targets with real int8 arithmetic)")
+    weights = parser.add_argument_group("weight-only quantization (int4, int8-weight)")
+    weights.add_argument("--block-size", type=int, default=32, metavar="N",
+                         help="int4: weights per scale along the input dimension, a power of 2 >= 16 (default 32)")
+    weights.add_argument("--asymmetric", action="store_true", help="int4: a zero point per block (default symmetric)")
+    weights.add_argument("--accuracy-level", type=int, choices=range(5), default=None, metavar="{0..4}",
+                         help="MatMulNBits compute type: 0 float, 4 int8 (default 4)")
+    weights.add_argument("--int8-weight-format", choices=("dynamic", "nbits"), default="dynamic",
+                         help="int8-weight: dynamic = ORT dynamic quantization, MatMulInteger (faster, default); "
+                              "nbits = 8-bit MatMulNBits (more accurate, ORT only)")
+    weights.add_argument("--keep-gemm", action="store_true",
+                         help="keep Gemm layers float (default: rewritten as MatMul + Add and quantized)")

@@ -73,28 +73,47 @@ class NaiveQuantizer(Quantizer):
     fake-quantized (symmetric, per output channel, written back as float, as NNI's does);
     with `data` (calibration data) the model goes through ONNX Runtime's static int8
     quantization (`onnx_compress.runtime.quantize`: int8 weights per channel and int8
-    activations), the hand-off `onnx-compress quantize` / `--quantize int8` uses."""
+    activations), the hand-off `onnx-compress quantize` / `--quantize int8` uses.
 
-    def __init__(self, config_list=None, data=None):
+    `weights_only=True` (no data needed): real int8 weights through ONNX Runtime's
+    weight-only quantization instead of fake quantization (precision "int8-weight": the
+    MatMul and Gemm weights stored as int8 per output column, activations quantized at
+    run time, not calibrated; `--quantize int8-weight`); with `q_bits` 4 for
+    every layer, int4 weights (MatMulNBits, `--quantize int4`). Conv weights stay float
+    there (ORT's weight-only kernels take MatMuls); a model without MatMul or Gemm weights
+    is refused."""
+
+    def __init__(self, config_list=None, data=None, weights_only: bool = False):
         super().__init__([{"op_types": "default"}] if config_list is None else config_list)
+        if weights_only and data is not None:
+            raise ParameterError("NaiveQuantizer: give data (static int8 weights and activations) or "
+                                 "weights_only=True (int8 weights, no data), not both")
         self.data = data
+        self.weights_only = bool(weights_only)
 
     def quantize_weight(self, weight: np.ndarray, config: dict, **kwargs) -> np.ndarray:
         axis = 1 - wmod.input_axis(kwargs.get("op_type", ""), kwargs.get("op")) if weight.ndim == 2 else 0
         return fake_quantize(weight, int(config.get("q_bits", 8)), axis)
 
     def __call__(self, model) -> onnx.ModelProto:
-        if self.data is None:
+        if self.data is None and not self.weights_only:
             return super().__call__(model)
         from ..runtime import quantize as rq
 
         _, analysis = wmod.load(model)
         configs = nni_config.resolve(self.config_list, analysis.layers, self.keys, _check_bits)
         usable = [layer.name for layer in analysis.layers if layer.reason is None]
-        if sorted(configs) != sorted(usable) or any(c.get("q_bits", 8) != 8 for c in configs.values()):
-            raise ParameterError("NaiveQuantizer with data quantizes every layer to int8 through ONNX Runtime; "
-                                 "use config_list=None (or leave data out for per-layer fake quantization)")
-        self.model = rq.quantize(model, self.data)
+        bits = {c.get("q_bits", 8) for c in configs.values()}
+        allowed = ({4}, {8}) if self.weights_only else ({8},)
+        if sorted(configs) != sorted(usable) or bits not in allowed:
+            how = "to int8 (or every layer to 4 bits)" if self.weights_only else "to int8"
+            what = "weights_only=True" if self.weights_only else "data"
+            raise ParameterError(f"NaiveQuantizer with {what} quantizes every layer {how} through ONNX Runtime; "
+                                 f"use config_list=None (or leave {what} out for per-layer fake quantization)")
+        if self.weights_only:
+            self.model = rq.quantize(model, precision="int4" if bits == {4} else "int8-weight")
+        else:
+            self.model = rq.quantize(model, self.data)
         return self.model
 
 
