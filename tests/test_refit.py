@@ -80,3 +80,31 @@ def test_refit_leaves_convs_and_plain_svd_alone():
                              svd_refit=True)
     plain_b, _ = oc.compress(mlp(), "weight_svd", 0.5, input_shape=(1, 24))
     assert plain_a.SerializeToString() == plain_b.SerializeToString()
+
+
+def test_both_factors_reach_the_best_rank_r_map_when_inputs_changed():
+    """refit_factors: with inputs that drifted from the ones the factors were made for, the
+    reduced-rank refit of both factors reaches the optimal rank-r map from the new inputs
+    (whitened truncated SVD, computed here independently) and beats refitting B alone."""
+    from onnx_compress.schemes.svd.refit import refit_factors
+
+    rng = np.random.default_rng(0)
+    n, k, m, r = 4000, 16, 12, 4
+    mix = rng.standard_normal((k, k))
+    x = rng.standard_normal((n, k)) @ mix  # correlated inputs of the compressed model
+    w = rng.standard_normal((k, m))
+    target = x @ w + 0.01 * rng.standard_normal((n, m))
+    u, s, vt = np.linalg.svd(w, full_matrices=False)  # plain SVD: blind to the inputs
+    a, b_ = u[:, :r] * s[:r], vt[:r]
+    a_new, b_new, gain = refit_factors(x, target, a, b_, np.random.default_rng(1))
+    err = np.linalg.norm(x @ a_new @ b_new - target)
+    # the optimum: least squares, then the fitted values' best rank-r approximation
+    full = np.linalg.lstsq(x, target, rcond=None)[0]
+    uf, sf, vtf = np.linalg.svd(x @ full, full_matrices=False)
+    best = np.linalg.norm((uf[:, :r] * sf[:r]) @ vtf[:r] - target)
+    assert err == pytest.approx(best, rel=1e-4)
+    b_only = np.linalg.lstsq(x @ a, target, rcond=None)[0]
+    assert err < 0.95 * np.linalg.norm(x @ a @ b_only - target)  # measured 0.916
+    assert 0 < gain < 1 and a_new.shape == (k, r) and b_new.shape == (r, m)
+    same_a, same_b, none = refit_factors(x, x @ a @ b_, a, b_, np.random.default_rng(1))  # already exact
+    assert none == 1.0 and same_a is a and same_b is b_

@@ -1,13 +1,14 @@
 """Sequential least-squares refit of weight-SVD factors on calibration data.
 
-After a step has split its layers, each split Gemm/MatMul's *second* factor B is refit,
-in graph order, so that the split layer's outputs on its inputs from the *compressed*
-model (earlier layers already split and refit) match the *original* layer's outputs on
-the original inputs:
+After a step has split its layers, each split Gemm/MatMul is refit, in graph order, so
+that the split layer's outputs on its inputs from the *compressed* model (earlier layers
+already split and refit) match the *original* layer's outputs on the original inputs:
+either the second factor alone (A fixed),
 
-    B' = argmin_B || X_cur A B - X_orig W ||^2 + ridge ||B||^2
+    B' = argmin_B || X_cur A B - X_orig W ||^2 + ridge ||B||^2,
 
-with the first factor A fixed. A layer alone (inputs unchanged) is already optimal under
+or both factors by reduced-rank regression (the rank-r least-squares map from X_cur to
+X_orig W), whichever has the lower error on held-out sampled rows (`refit_factors`). A layer alone (inputs unchanged) is already optimal under
 data-aware SVD, so the refit only corrects the errors that upstream splits pass down;
 this is why the eval-score dictionary (one layer at a time) needs no refit. Convs are
 not refit (their second factor acts on spatial patches of the intermediate tensor).
@@ -84,21 +85,65 @@ def refit_second_factors(current: onnx.ModelProto, original: onnx.ModelProto, pl
         w = np.asarray(w, dtype=np.float64)  # (K, N)
         rows = max(settings.num_reconstruction_samples, 20 * a.shape[1])
         xo, xc = _paired_rows(_as_rows(layer, x_orig), _as_rows(layer, x_cur), rows, rng)
-        z = xc @ a
-        target = xo @ w
-        gram = z.T @ z
-        ridge = 1e-6 * max(np.trace(gram) / len(gram), 1e-12)
-        b_new = np.linalg.solve(gram + ridge * np.eye(len(gram)), z.T @ target)
-        before = np.linalg.norm(z @ b_old.astype(np.float64) - target)
-        after = np.linalg.norm(z @ b_new - target)
-        if not np.isfinite(after) or after >= before:
-            gains[layer.name] = 1.0
+        a_new, b_new, gain = refit_factors(xc, xo @ w, a, b_old.astype(np.float64), rng)
+        gains[layer.name] = gain
+        if gain >= 1.0:
             continue
-        gains[layer.name] = float(after / before) if before > 0 else 1.0
+        ir.set_initializer(inits[first.input[1]], a_new.astype(b_old.dtype))
         ir.set_initializer(inits[second.input[1]], b_new.astype(b_old.dtype))
         log.info("refit %s: output error x%.3f", layer.name, gains[layer.name])
     progress_mod.update("refitting SVD factors", len(todo), len(todo))
     return current, gains
+
+
+def _ridge_solve(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    gram = x.T @ x
+    ridge = 1e-6 * max(np.trace(gram) / len(gram), 1e-12)
+    return np.linalg.solve(gram + ridge * np.eye(len(gram)), x.T @ y)
+
+
+def refit_factors(x: np.ndarray, target: np.ndarray, a: np.ndarray, b: np.ndarray, rng):
+    """(A', B', held-out error ratio) for the split x -> x A B toward `target` (n, N).
+
+    Two refits are fitted on four fifths of the rows and compared with the current factors
+    on the rest: B alone by least squares (A fixed), and both factors by reduced-rank
+    regression (the least-squares map W = argmin ||x W - target||, then its fitted values'
+    top-r right singular vectors V_r: A' = W V_r, B' = V_r^T). The best on the held-out
+    rows is refit on every row and returned; the ratio is its held-out error over the
+    current factors' (1.0 and the inputs back when neither helps).
+    """
+    n, r = len(x), a.shape[1]
+    order = rng.permutation(n)
+    fit, held = order[: max(n - n // 5, 1)], order[max(n - n // 5, 1):]
+    if len(held) == 0:
+        held = fit
+
+    def second(rows):
+        return a, _ridge_solve(x[rows] @ a, target[rows])
+
+    def both(rows):
+        full = _ridge_solve(x[rows], target[rows])
+        fitted = x[rows] @ full
+        _, _, vt = np.linalg.svd(fitted, full_matrices=False)
+        v = vt[:r].T
+        return full @ v, v.T
+
+    def error(f):
+        return float(np.linalg.norm(x[held] @ f[0] @ f[1] - target[held]))
+
+    before = error((a, b))
+    best, best_err = None, before
+    for method in (second, both):
+        try:
+            err = error(method(fit))
+        except np.linalg.LinAlgError:
+            continue
+        if np.isfinite(err) and err < best_err:
+            best, best_err = method, err
+    if best is None or before == 0:
+        return a, b, 1.0
+    a_new, b_new = best(np.arange(n))
+    return a_new, b_new, best_err / before
 
 
 def _paired_rows(x_orig: list[np.ndarray], x_cur: list[np.ndarray], rows: int, rng) -> tuple[np.ndarray, np.ndarray]:
