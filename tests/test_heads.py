@@ -100,10 +100,12 @@ def test_a_shared_target_concat_is_copied_not_edited():
     assert all(np.isfinite(t).all() for t in b.run(out, bert_feeds(model)))
 
 
-def attention_model(fused: bool, seed: int = 0, e: int = 16, heads: int = 4) -> onnx.ModelProto:
+def attention_model(fused: bool, seed: int = 0, e: int = 16, heads: int = 4, target: str = "const") -> onnx.ModelProto:
     """One multi-head self-attention block written with constant Reshape targets [0, 0, H, D]
     and [0, 0, E] (as onnx.helper users and some exporters write it); `fused`: one QKV
-    projection split three ways."""
+    projection split three ways. `target`: "pair" computes the split target as
+    Concat(Shape(x)[:2], [H, D]); "int32" as tf2onnx does, an int32 Concat of Cast pieces
+    cast to int64."""
     rng = np.random.default_rng(seed)
     d = e // heads
     inits, nodes = [], []
@@ -117,6 +119,16 @@ def attention_model(fused: bool, seed: int = 0, e: int = 16, heads: int = 4) -> 
         return name
 
     split = const("split_shape", np.array([0, 0, heads, d], np.int64))
+    if target != "const":
+        lead = node("Slice", [node("Shape", ["x"], "shape"), const("s0", np.array([0], np.int64)),
+                              const("s2", np.array([2], np.int64))], "lead")
+        if target == "pair":
+            split = node("Concat", [lead, const("hd", np.array([heads, d], np.int64))], "target", axis=0)
+        else:
+            lead32 = node("Cast", [lead], "lead32", to=TensorProto.INT32)
+            h32 = node("Cast", [const("h64", np.array([heads], np.int64))], "h32", to=TensorProto.INT32)
+            cat = node("Concat", [lead32, h32, const("d32", np.array([d], np.int32))], "target32", axis=0)
+            split = node("Cast", [cat], "target", to=TensorProto.INT64)
     if fused:
         qkv = node("MatMul", ["x", const("wqkv", rng.normal(size=(e, 3 * e)).astype(np.float32) * 0.3)], "qkv")
         qkv = node("Add", [qkv, const("bqkv", rng.normal(size=3 * e).astype(np.float32) * 0.1)], "qkv_b")
@@ -222,3 +234,19 @@ def test_auto_mode_spreads_one_target_over_heads_and_ffn_dims():
     assert stats.mac_after / stats.mac_before <= 0.8
     assert stats.final_score > 0.99
     assert b.run(out, bert_feeds(model, 2, 5, seed=7))[0].shape == (2, 5, 32)
+
+
+@pytest.mark.parametrize("target", ["pair", "int32"])
+def test_computed_split_targets_are_rewritten_in_place(target):
+    """A head count inside a two-element piece of a computed target ([H, D]), and one in an
+    int32 Concat (tf2onnx): rewritten, in the Concat's own type; exact at another batch and
+    sequence length."""
+    model = attention_model(False, target=target)
+    dims = {"x": (2, 6, 16), "mask": (2, 1, 1, 6)}
+    zeroed = _zero_heads(model, "o", [1], 4, dims)
+    rng = np.random.default_rng(2)
+    calib = {"x": rng.normal(size=(4, 6, 16)).astype(np.float32), "mask": np.zeros((4, 1, 1, 6), np.float32)}
+    out, _ = oc.compress(zeroed, "channel_pruning", {"o": 0.75}, data=calib, selection="magnitude",
+                         reconstruct=False, input_shape=dims)
+    feeds = {"x": rng.normal(size=(3, 5, 16)).astype(np.float32), "mask": np.zeros((3, 1, 1, 5), np.float32)}
+    np.testing.assert_allclose(b.run(out, feeds)[0], b.run(zeroed, feeds)[0], rtol=1e-5, atol=1e-5)

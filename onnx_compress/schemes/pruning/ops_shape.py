@@ -11,6 +11,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 
 from ... import ir
 from .channels import Action, Position, _from_pairs, _is_output, _slot, _where
@@ -225,15 +226,16 @@ def _computed_entry(w: Walk, node, target, out_axis: int, split: bool, block: in
         return f"{_where(node)} computes the size of the blocks it splits the channels into"
     if entry[0] == "e" or (entry[0] == "c" and entry[1] == 0):
         return f"{_where(node)} computes the channel count of its target"
-    if target is not None and entry[0] == "d" and _target_slot(w, node, out_axis, None) == ():
+    if target is not None and entry != ("c", -1) and _target_slot(w, node, out_axis, None) == ():
         return f"{_where(node)} has a computed target whose channel count it cannot rewrite"
     return None
 
 
 def _target_slot(w: Walk, node, out_axis: int, out_shape) -> tuple[int, ...]:
-    """For a computed Reshape target built by a Concat: (concat input slot, the target's
-    dim there now) of the one-element input that states the channel count; () when the
-    target is a constant or the entry is -1 (nothing to trace)."""
+    """For a computed Reshape target built by a Concat: (concat input slot, offset in that
+    input, the target's dim there now) of the entry that states the channel count, when that
+    input has one element or is a constant (a piece such as [H, D]); () when the target is a
+    constant, the entry is -1, or the input cannot be rewritten."""
     if ir.constant_value(node.inputs[1]) is not None:
         return ()
     t = node.inputs[1]
@@ -247,10 +249,11 @@ def _target_slot(w: Walk, node, out_axis: int, out_shape) -> tuple[int, ...]:
         if elems is None:
             return ()
         if start <= out_axis < start + len(elems):
-            if len(elems) != 1 or elems[0] == ("c", -1):
+            offset = out_axis - start
+            if elems[offset] == ("c", -1) or (len(elems) != 1 and ir.constant_value(part) is None):
                 return ()
             dim = out_shape[out_axis] if out_shape is not None else 0
-            return (slot, int(dim))
+            return (slot, offset, int(dim))
         start += len(elems)
     return ()
 
@@ -272,17 +275,29 @@ def _shrink_reshape(cut: Cut, action: Action, pos: Position, idx: np.ndarray) ->
 
 def _shrink_computed(cut: Cut, action: Action, out_pos: Position) -> None:
     """A computed target (Concat of shape pieces): the Reshape gets a private copy of the
-    Concat whose one-element input that states the channel count becomes the new count (the
-    dim recorded when the group was built)."""
-    if len(action.sizes) != 2:
+    Concat, whose input that states the channel count gets the new count at its offset (the
+    dim recorded when the group was built), in the Concat's own integer type."""
+    if len(action.sizes) != 3:
         return  # -1 (or a copied dim that shrinks along): nothing stored
-    slot, dim = action.sizes
+    slot, offset, dim = action.sizes
     # the Reshape gets its own copy of the Concat: exporters share one between layers
     concat = ir.private_producer(cut.group.graph, action.node, 1, cut.taken)
     old = ir.constant_value(concat.inputs[slot])
-    dtype = old.dtype if old is not None else np.int64
-    new = np.array([dim - len(out_pos.removed(cut.roots))], dtype=dtype)
+    siblings = [v for v in (ir.constant_value(t) for t in concat.inputs) if v is not None]
+    dtype = _np_dtype(concat.outputs[0].dtype) or (siblings[0].dtype if siblings else np.dtype(np.int64))
+    new = np.array(old, dtype=dtype).reshape(-1) if old is not None else np.zeros(1, dtype=dtype)
+    new[offset] = dim - len(out_pos.removed(cut.roots))
     ir.set_input(concat, slot, new, cut.name(concat, f"dim{slot}"))
+
+
+def _np_dtype(dtype):
+    """A numpy dtype from what onnx-graphsurgeon records (numpy or ONNX enum), else None."""
+    if dtype is None:
+        return None
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype)) if isinstance(dtype, int) else np.dtype(dtype)
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
 # ----------------------------------------------------------------------- Transpose
