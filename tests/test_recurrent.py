@@ -361,7 +361,8 @@ REACH = {
     "gru_state_ts_op13_dyn.onnx": {"/out/MatMul": (32, 32, "GRU '/gru/GRU' takes its initial_h from the model's "
                                                            "state input 'h0': pruning its hidden size would "
                                                            "change the model's interface")},
-    "crnn_ts_op11_dyn.onnx": {},  # its Gemm locks at a computed Reshape target before the LSTM
+    # its Gemm reaches the LSTM through a computed Reshape target with a constant channel entry
+    "crnn_ts_op11_dyn.onnx": {"/fc/Gemm": (32, 0, None)},
 }
 
 
@@ -384,6 +385,7 @@ def test_corpus_groups_reach_the_recurrent_ops(name):
 
 @pytest.mark.parametrize("name,layer,hidden", [
     ("crnn_dynamo_op18_dyn.onnx", "node_linear", 32),
+    ("crnn_ts_op11_dyn.onnx", "/fc/Gemm", 32),
     ("keras_lstm_tf2onnx_op14_dyn.onnx", "functional_3_1/dense_2_1/Tensordot/MatMul", 24),
 ])
 def test_corpus_lstm_consumer_prunes_end_to_end(name, layer, hidden):

@@ -125,6 +125,8 @@ def _keep_whole(w: Walk, node, pos: Position, in_shape, out_shape, target) -> st
         why = _target_keeps(w, node, target, in_axis, out_axis, len(out_shape))
         if why:
             return why
+        if target is not None and target[out_axis][0] == "c" and target[out_axis][1] > 0:
+            w.act("reshape", node, pos, sizes=_target_slot(w, node, out_axis, out_shape))  # (Conv1D's view)
     if forward:
         w.visit(out, out_axis, pos.index)
     else:
@@ -143,7 +145,8 @@ def _target_keeps(w: Walk, node, target, in_axis: int, out_axis: int, out_rank: 
     entry = elems[out_axis]
     fine = (entry == ("c", -1) or entry == ("d", src.name, in_axis)
             or (copy and entry == ("c", 0) and in_axis == out_axis)
-            or (target is None and entry[0] == "c" and entry[1] > 0))  # updated on winnow
+            or (entry[0] == "c" and entry[1] > 0  # updated on winnow (a computed one: in its Concat)
+                and (target is None or _target_slot(w, node, out_axis, None) != ())))
     if not fine:
         return f"{_where(node)} has a target that fixes the channel count"
     if copy and in_axis != out_axis and in_axis < len(elems) and elems[in_axis] == ("c", 0):
