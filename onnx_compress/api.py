@@ -56,8 +56,8 @@ def compress(model, scheme: str | list[str] = "weight_svd", ratios=0.5, *,
     (whitened by the second moment of each layer's sampled inputs).
     calibration: `options.Calibration` (how the data is used: num_reconstruction_samples
     per layer, selection "magnitude"/"greedy"/a callable criterion, reconstruct,
-    seed, allow_custom_downsample_ops, data_aware, svd_refit: weight SVD of Gemm/MatMul
-    then refits each split's second factor in graph order). Its fields are also accepted
+    seed, allow_custom_downsample_ops, data_aware, svd_refit: weight and spatial
+    SVD then refit each split in graph order). Its fields are also accepted
     as keywords (`num_reconstruction_samples=500`), one way or the other.
     modules_to_ignore: layer names never to compress (skipped with that reason when one
     ratio applies to all; naming one in `ratios` too is an error).

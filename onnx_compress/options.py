@@ -25,7 +25,7 @@ class Settings:
     use_cuda: bool = False
     reference: object = None  # ModelProto whose layer outputs are the refit targets (default: the input)
     data_aware: bool = True  # SVD schemes: whiten by the inputs' second moment
-    svd_refit: bool = False  # weight SVD of Gemm/MatMul: sequential least-squares refit (schemes.svd.refit)
+    svd_refit: bool = False  # weight/spatial SVD: sequential least-squares refit (schemes.svd.refit)
 
 
 # ------------------------------------------------------------------ the public options
@@ -38,8 +38,8 @@ class Calibration:
     "greedy" or a callable importance(weight, patches) (schemes.pruning.select).
     reconstruct: refit pruned layers by least squares. allow_custom_downsample_ops: insert
     channel Gathers where upstream producers cannot lose channels (manual mode).
-    data_aware: SVD factors whitened by the inputs' second moment. svd_refit: weight SVD of
-    Gemm/MatMul refits each split's second factor in graph order. reference_model (auto
+    data_aware: SVD factors whitened by the inputs' second moment. svd_refit: weight and
+    spatial SVD refit each split in graph order (schemes.svd.refit). reference_model (auto
     mode, channel pruning after another step): the uncompressed model to refit toward.
     """
 

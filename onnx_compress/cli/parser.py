@@ -137,8 +137,8 @@ def _compress_data(com) -> None:
                      help="channel pruning: which input channels to keep: largest weight magnitude "
                           "(default; kept more accuracy in docs/benchmarks.md) or greedy least squares")
     com.add_argument("--svd-refit", action="store_true",
-                     help="weight SVD of Gemm/MatMul with --data: refit each split's second factor by least "
-                          "squares in graph order, against the original layer's outputs")
+                     help="weight/spatial SVD with --data: refit each split by least squares in graph "
+                          "order, against the original layer's outputs")
     com.add_argument("--no-reconstruction", action="store_true",
                      help="channel pruning: skip the least-squares refit of pruned layers")
     com.add_argument("--allow-downsample", action="store_true",

@@ -8,10 +8,11 @@ either the second factor alone (A fixed),
     B' = argmin_B || X_cur A B - X_orig W ||^2 + ridge ||B||^2,
 
 or both factors by reduced-rank regression (the rank-r least-squares map from X_cur to
-X_orig W), whichever has the lower error on held-out sampled rows (`refit_factors`). A layer alone (inputs unchanged) is already optimal under
-data-aware SVD, so the refit only corrects the errors that upstream splits pass down;
-this is why the eval-score dictionary (one layer at a time) needs no refit. Convs are
-not refit (their second factor acts on spatial patches of the intermediate tensor).
+X_orig W), whichever has the lower error on held-out sampled rows (`refit_factors`). A Conv
+split's second factor (and its bias) is refit on patches of its input, with channel
+pruning's regularised least squares (`_refit_conv`). A layer alone (inputs unchanged) is
+already optimal under data-aware SVD, so the refit only corrects the errors that upstream
+splits pass down; this is why the eval-score dictionary (one layer at a time) needs no refit.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from ... import progress as progress_mod
 
 log = logging.getLogger(__name__)
 
-REFIT_OPS = ("MatMul", "Gemm")
+REFIT_OPS = ("MatMul", "Gemm", "Conv")
 
 
 def refittable(layer) -> bool:
@@ -68,6 +69,9 @@ def refit_second_factors(current: onnx.ModelProto, original: onnx.ModelProto, pl
     for step, plan in enumerate(todo):
         progress_mod.update("refitting SVD factors", step, len(todo))
         layer = plan.layer
+        if layer.op == "Conv":
+            gains[layer.name] = _refit_conv(current, plan, new_nodes[layer.name][1], inits, sampler, settings)
+            continue
         first, second = (nodes.get(n) for n in new_nodes[layer.name])
         if first is None or second is None or second.input[1] not in inits or first.input[1] not in inits:
             continue
@@ -94,6 +98,42 @@ def refit_second_factors(current: onnx.ModelProto, original: onnx.ModelProto, pl
         log.info("refit %s: output error x%.3f", layer.name, gains[layer.name])
     progress_mod.update("refitting SVD factors", len(todo), len(todo))
     return current, gains
+
+
+def _refit_conv(current: onnx.ModelProto, plan, second_name: str, inits: dict, sampler, settings: Settings) -> float:
+    """A Conv split's second factor (the (n_out, r, kh, kw) conv of weight SVD, the
+    (n_out, r, 1, kw) one of spatial SVD) and its bias, refit by regularised least squares
+    on patches of its input in the *compressed* model toward the original layer's outputs
+    at the same positions (channel pruning's refit: the ridge chosen on held-out samples).
+    Returns the error ratio after / before on the samples (1.0: left as it was)."""
+    from ... import layers
+    from ..pruning import lstsq, prune
+
+    layer = next((l for l in layers.analyze(current).layers if l.name == second_name), None)
+    if layer is None or layer.weight is None or layer.node.inputs[1].name not in inits:
+        return 1.0
+    rng = np.random.default_rng([settings.seed, zlib.crc32(plan.layer.name.encode())])
+    out_name = layer.node.outputs[0].name  # the split's second node writes the original layer's output
+    patches, targets = prune.sample_layer(sampler, current, layer, rng, settings.num_reconstruction_samples,
+                                          True, out_name, None)
+    bias_slot = layer.node.inputs[2].name if len(layer.node.inputs) > 2 else ""
+    has_bias = bool(bias_slot) and bias_slot in inits
+    w3 = prune.layer_weight(layer).astype(np.float64)
+    fit = lstsq.GramFit(patches, targets, has_bias, seed=settings.seed)
+    new_w, new_b, _ = fit.fit(np.arange(w3.shape[1]), w3)
+    x = patches.reshape(len(patches), -1).astype(np.float64)
+    old_b = ir.to_array(inits[bias_slot]).astype(np.float64).reshape(-1) if has_bias else 0.0
+    before = np.linalg.norm(x @ w3.reshape(len(w3), -1).T + old_b - targets)
+    b_new = new_b if (has_bias and new_b is not None) else old_b
+    after = np.linalg.norm(x @ new_w.reshape(len(new_w), -1).T + b_new - targets)
+    if not np.isfinite(after) or before == 0 or after >= before:
+        return 1.0
+    dtype = layer.weight.dtype
+    ir.set_initializer(inits[layer.node.inputs[1].name], prune.stored_layout(layer, new_w).astype(dtype))
+    if has_bias and new_b is not None:
+        stored = ir.to_array(inits[bias_slot])
+        ir.set_initializer(inits[bias_slot], np.asarray(new_b).reshape(stored.shape).astype(stored.dtype))
+    return float(after / before)
 
 
 def _ridge_solve(x: np.ndarray, y: np.ndarray) -> np.ndarray:

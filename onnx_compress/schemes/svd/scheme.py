@@ -43,7 +43,7 @@ class SvdScheme(Scheme):
         self.check = check
         self.rank_cost = rank_cost
         self.specs = specs
-        self.refits = refits  # --svd-refit applies (weight SVD: the second factor is a Gemm/MatMul weight)
+        self.refits = refits  # --svd-refit applies (the second factor of a split is refit)
 
     # ---------------------------------------------------------------- eligibility
     def reason(self, layer: Layer, analysis: Analysis | None = None, metric: str = "mac") -> str | None:
@@ -239,4 +239,5 @@ def apply_plans(analysis: Analysis, scheme: SvdScheme, plans: list[RankPlan],
 
 
 WEIGHT_SVD = SvdScheme("weight_svd", svd.check_weight_svd, svd.weight_svd_cost, svd.weight_svd_specs, refits=True)
-SPATIAL_SVD = SvdScheme("spatial_svd", svd.check_spatial_svd, svd.spatial_svd_cost, svd.spatial_svd_specs)
+SPATIAL_SVD = SvdScheme("spatial_svd", svd.check_spatial_svd, svd.spatial_svd_cost, svd.spatial_svd_specs,
+                        refits=True)
