@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import sys
 import time
 import warnings
@@ -40,31 +39,15 @@ OUT = ROOT / "tests" / "corpus"
 SEQ = 32
 
 
-def sentences() -> list[str]:
-    """Unique prose sentences of the Python language reference (as tools/bench_minilm.py)."""
-    from pydoc_data.topics import topics
-
-    out = []
-    for key in sorted(topics):
-        for para in re.split(r"\n\s*\n", topics[key]):
-            lines = para.split("\n")
-            if (any(line.startswith(" ") for line in lines) or "::=" in para or ">>>" in para
-                    or set(lines[-1].strip()) <= set("*=-^~")):
-                continue  # code, grammar, doctest, heading
-            text = " ".join(line.strip() for line in lines)
-            for s in re.split(r"(?<=[.!?])\s+(?=[A-Z\"])", text):
-                words = s.split()
-                if 8 <= len(words) <= 40 and s.endswith(".") and sum(c.isalpha() for c in s) > 0.7 * len(s):
-                    out.append(s)
-    return list(dict.fromkeys(out))
-
-
 def byte_stream(sents: list[str]) -> np.ndarray:
     return np.frombuffer(" ".join(sents).encode("ascii", "replace"), np.uint8).astype(np.int64)
 
 
 def split_text(n_eval: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(training bytes, held-out bytes): disjoint sets of sentences."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench_minilm import sentences  # the same prose sentences as the MiniLM benchmarks
+
     pool = sentences()
     order = np.random.default_rng(seed).permutation(len(pool))
     held = [pool[i] for i in order[:n_eval]]

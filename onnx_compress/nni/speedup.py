@@ -29,6 +29,7 @@ import onnx
 from .. import ir, layers
 from ..errors import ParameterError
 from ..schemes.pruning import depgraph, prune
+from ..schemes.pruning.ops_layer import weight_axis
 from . import weights as wmod
 
 
@@ -75,18 +76,10 @@ class SpeedupStats:
         return "\n".join(rows)
 
 
-def _weight_axis(action) -> int:
-    """The axis of a layer's stored weight that holds the action's channels."""
-    if action.node.op == "Conv":
-        return 1 if action.kind == "in" else 0
-    trans = action.node.op == "Gemm" and int(action.node.attrs.get("transB", 0))
-    return (0 if action.kind == "in" else 1) ^ (1 if trans else 0)
-
-
 def _live(group: depgraph.ChannelGroup, action) -> np.ndarray:
     """Per root: whether the action's layer has a non-zero weight for any of its channels."""
     weight = ir.constant_value(action.node.inputs[1])
-    axis = _weight_axis(action)
+    axis = weight_axis(action)
     nonzero = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1).any(axis=1)
     index = group.positions[action.tensor].index
     safe = np.where(index >= 0, np.minimum(index, len(nonzero) - 1), 0)
@@ -244,8 +237,7 @@ def speedup(model, masks=None) -> tuple[onnx.ModelProto, SpeedupStats]:
                                    tuple(readers + group.out_layers()), note))
         analysis = layers.refresh(analysis, ir.export(analysis.graph, proto, check=False))
     out = ir.export(analysis.graph, proto) if groups and any(g.removed for g in groups) else proto
-    final = layers.analyze(out)
-    mac_after, memory_after = _totals(final)
+    mac_after, memory_after = _totals(analysis)  # refreshed after the last winnow
     return out, SpeedupStats(mac_before, mac_after, memory_before, memory_after, tuple(groups))
 
 

@@ -224,8 +224,10 @@ def apply_with_trainer(scheme: "Scheme", model: onnx.ModelProto, ratios, ctx: Co
     current, stats, skipped = model, [], []
     changed: dict[str, str] = {}
     others = "compressed in another step of the trainer's loop"
+    found = None  # the layers of `current`, analysed once per model
     for name in names:
-        found = {l.name: l for l in analyze(current, ctx.dims).compressible}
+        if found is None:
+            found = {l.name: l for l in analyze(current, ctx.dims).compressible}
         if name in changed:
             op = found[name].op if name in found else ""
             skipped.append(SkippedLayer(name, op, f"compressed with the group of '{changed[name]}'"))
@@ -238,9 +240,9 @@ def apply_with_trainer(scheme: "Scheme", model: onnx.ModelProto, ratios, ctx: Co
             step = scheme.apply(current, {name: ratios[name]}, ctx, ignored)
         stats += step.layers
         skipped += [k for k in step.skipped if k.reason != others]
-        after = {l.name: _in_width(l) for l in analyze(step.model, ctx.dims).compressible}
+        stepped = {l.name: l for l in analyze(step.model, ctx.dims).compressible}
         for other, width in before.items():
-            if other != name and other in after and after[other] != width:
+            if other != name and other in stepped and _in_width(stepped[other]) != width:
                 changed.setdefault(other, name)
         updated = trainer.train_model(step.model, name, train_flag=True)
         if updated is None:
@@ -248,5 +250,5 @@ def apply_with_trainer(scheme: "Scheme", model: onnx.ModelProto, ratios, ctx: Co
         if not isinstance(updated, onnx.ModelProto):
             raise ParameterError(f"trainer.train_model(model, '{name}', train_flag=True) must return an "
                                  f"onnx.ModelProto or None, got {type(updated).__name__}")
-        current = updated
+        current, found = updated, (stepped if updated is step.model else None)
     return StepResult(current, stats, skipped)

@@ -127,6 +127,15 @@ def _finite_params(node) -> bool:
 
 
 # ------------------------------------------------------------------------- shrink
+def weight_axis(action: Action) -> int:
+    """The axis of an "in"/"out" layer's stored weight that holds the action's channels:
+    Conv (O, I, ...) 1 in / 0 out; Gemm/MatMul B (K, N) 0 in / 1 out, swapped by transB."""
+    if action.node.op == "Conv":
+        return 1 if action.kind == "in" else 0
+    trans = action.node.op == "Gemm" and int(action.node.attrs.get("transB", 0))
+    return (0 if action.kind == "in" else 1) ^ (1 if trans else 0)
+
+
 def _shrink_layer(cut: Cut, action: Action, pos: Position, idx: np.ndarray) -> None:
     """Slice the weight (and, losing output channels, the bias) of a layer; a depthwise
     conv loses its weight and bias rows and as many groups."""
@@ -139,12 +148,7 @@ def _shrink_layer(cut: Cut, action: Action, pos: Position, idx: np.ndarray) -> N
         node.attrs["group"] = int(node.attrs["group"]) - len(idx)
         return
     weight = ir.constant_value(node.inputs[1])
-    if node.op == "Conv":
-        w_axis = 1 if action.kind == "in" else 0
-    else:
-        trans = node.op == "Gemm" and int(node.attrs.get("transB", 0))
-        w_axis = (0 if action.kind == "in" else 1) ^ (1 if trans else 0)
-    ir.set_input(node, 1, _delete(weight, idx, w_axis), cut.name(node, "weight"))
+    ir.set_input(node, 1, _delete(weight, idx, weight_axis(action)), cut.name(node, "weight"))
     if action.kind != "out":
         return
     cut.removed_out[ir.node_name(node)] = idx

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from ... import ir
-from .channels import Action, Position, _from_pairs, _is_output, _slot, _where
+from .channels import Action, Position, _canon, _from_pairs, _is_output, _slot, _where
 from .shapevals import _deps, _elems, _tainted
 
 if TYPE_CHECKING:
@@ -214,8 +214,6 @@ def _split_merge(w: Walk, node, pos: Position, in_shape, out_shape, target):
 
 def _heads(index: np.ndarray, block: int) -> np.ndarray:
     """Channel indices -> the index of the block of `block` that holds each (-1 stays)."""
-    from .channels import _canon
-
     return _canon(np.where(index >= 0, index // block, -1))
 
 
