@@ -19,7 +19,7 @@ from . import data as data_mod
 from .errors import CompressionError, LayerError, ParameterError, ShapeError
 from .options import Calibration, Latency, Search, Settings, as_flat, gather, refuse_unknown
 from .schemes import SCHEMES, Scheme
-from .schemes import get as get_scheme
+from .schemes import get as get_scheme, mix_of
 from .schemes.base import UNCHANGED, apply_with_trainer
 from .search.auto import context, reasons, require_eligible
 from .stats import CompressionStats, describe_parameters, per_layer_rows
@@ -323,7 +323,7 @@ def _pairs_to_dict(pairs) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------- auto mode
-def compress_auto(model, scheme: str, target: float, eval_callback: Callable, eval_iterations: int | None = None,
+def compress_auto(model, scheme: str | list[str], target: float, eval_callback: Callable, eval_iterations: int | None = None,
                   *, cost_metric: str = "mac", multiplicity: int | str = 1, input_shape=None, use_cuda: bool = False,
                   data=None, search: Search | None = None, calibration: Calibration | None = None,
                   latency: Latency | None = None, visualization=None,
@@ -375,7 +375,7 @@ def compress_auto(model, scheme: str, target: float, eval_callback: Callable, ev
     from .search import auto as auto_mod
 
     report_path = _report_path(visualization)
-    step = get_scheme(scheme)
+    step = mix_of(scheme)
     metric = cost.check_metric(cost_metric)
     eval_callback = runtime.checked_callback(eval_callback)
     runtime.check_iterations(eval_iterations)

@@ -254,7 +254,7 @@ def test_selection_ratio_and_fields():
     ([LayerOptions("a", (Option(1.0, 5, 0.1),))], 0, 10, 0.0, r"\(0, 1\]"),
     ([LayerOptions("a", (Option(1.0, 5, 0.1),))], 0, 10, 1.5, r"\(0, 1\]"),
     ([LayerOptions("a", (Option(1.0, 5, 0.1),))], 0, 0, 0.5, "total"),
-    ([LayerOptions("a", (Option(1.0, 5, 0.1),))], -3, 10, 0.5, "fixed_cost"),
+    ([LayerOptions("a", (Option(1.0, 5, 0.1),))], -6, 10, 0.5, "fixed_cost"),
 ])
 def test_select_validates(layers, fixed, total, target, match):
     with pytest.raises(ParameterError, match=match):

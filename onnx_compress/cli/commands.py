@@ -101,10 +101,8 @@ def _compress_manual(args, outs: files.Outputs) -> int:
 def _compress_auto(args, outs: files.Outputs) -> int:
     from ..search.config import load_config
 
-    schemes = _schemes(args.scheme)
-    if len(schemes) > 1:
-        raise ParameterError("auto mode (--target) takes one scheme; run a pipeline's steps one by one")
-    args.scheme = schemes[0]
+    schemes = _schemes(args.scheme)  # several: one target over all of them (a mix, schemes.Mix)
+    args.scheme = schemes if len(schemes) > 1 else schemes[0]
     eval_data = args.eval_data or args.data
     if eval_data is None:
         raise ParameterError("auto mode needs data to score candidates: pass --data and/or --eval-data")

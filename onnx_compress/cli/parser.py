@@ -89,7 +89,8 @@ def _compress_what(com) -> None:
     com.add_argument("model", help="input .onnx file (never modified)")
     com.add_argument("-o", "--output", required=True, help="output .onnx file (its folder must exist)")
     com.add_argument("--scheme", required=True, metavar="S[,S...]",
-                     help=f"compression scheme, or a comma-separated pipeline applied in turn; "
+                     help=f"compression scheme, or a comma-separated list: with --ratio a pipeline applied in turn, "
+                          f"with --target one target over all of them (the dictionary picks per unit); "
                           f"schemes: {', '.join(SCHEME_NAMES)} (e.g. spatial_svd,channel_pruning)")
     which = com.add_mutually_exclusive_group(required=True)
     which.add_argument("--target", type=float, metavar="T",

@@ -12,11 +12,12 @@ from enum import Enum
 
 from ..errors import ParameterError
 from .base import Candidate, Context, Scheme, StepResult, Unit, exact_cost
+from .mix import Mix
 from .pruning import CHANNEL_PRUNING
 from .svd import SPATIAL_SVD, WEIGHT_SVD
 
-__all__ = ["SCHEMES", "Candidate", "Context", "Scheme", "StepResult", "Unit", "exact_cost", "get", "register",
-           "unregister"]
+__all__ = ["SCHEMES", "Candidate", "Context", "Mix", "Scheme", "StepResult", "Unit", "exact_cost", "get", "mix_of",
+           "register", "unregister"]
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (WEIGHT_SVD, SPATIAL_SVD, CHANNEL_PRUNING)}
 
@@ -41,6 +42,16 @@ def unregister(name: str) -> None:
     if name in ("weight_svd", "spatial_svd", "channel_pruning"):
         raise ParameterError(f"scheme {name!r} is built in and cannot be removed")
     SCHEMES.pop(name, None)
+
+
+def mix_of(schemes) -> Scheme:
+    """One scheme for auto mode: a name (or Scheme), or a list of them under one target (a Mix)."""
+    if isinstance(schemes, (list, tuple)):
+        if not schemes:
+            raise ParameterError("scheme list is empty")
+        found = [get(s) for s in schemes]
+        return found[0] if len(found) == 1 else Mix(found)
+    return get(schemes)
 
 
 def get(scheme) -> Scheme:

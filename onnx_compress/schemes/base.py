@@ -129,6 +129,8 @@ class Scheme:
     pipeline_reference: in a pipeline after another step, refit toward the uncompressed
     model's outputs (`Settings.reference`).
     rank_selects: the candidate kinds it offers ("greedy": ratio keys; "tar": error levels).
+    overlapping_units: units of different kinds may change one layer's cost (a mix of
+    schemes): their footprints multiply, and the search aims on the exact cost.
     """
 
     name: str = ""
@@ -136,6 +138,7 @@ class Scheme:
     exact_costs: bool = True
     pipeline_reference: bool = False
     rank_selects: tuple[str, ...] = ("greedy",)
+    overlapping_units: bool = False
 
     def check(self, layer: Layer) -> str | None:
         """Why the scheme cannot take `layer` (None when it can)."""
@@ -169,6 +172,11 @@ class Scheme:
         if ctx.multiplicity > 1:
             key += f"/multiplicity-{ctx.multiplicity}"
         return key
+
+    def families(self, units: list[Unit]) -> tuple:
+        """Sets of unit names whose selection alone the search also tries as a finalist
+        (a mix of schemes: each scheme's own units); none by default."""
+        return ()
 
     def quick(self, settings: Settings | None) -> Settings | None:
         """Settings for the dry run before the dictionary (cheap, same validity)."""

@@ -143,7 +143,8 @@ def run(job: Job, proto: onnx.ModelProto, first: layers.Analysis, settings: Sett
         total, current_total = timed.total, timed.current_total
         measure = _latency_measure(scheme, current, r.dims, job.timer)
     problem = finalists.Problem(units, scores, current, current_total, total, job.target, job.search.method,
-                                job.search.use_monotonic_fit, _costs(current, r.dims, job.grid), scheme.exact_costs)
+                                job.search.use_monotonic_fit, _costs(current, r.dims, job.grid), scheme.exact_costs,
+                                scheme.overlapping_units, scheme.families(units))
     chosen, out = _select(r, problem, current, measure, timed)
     return out, _stats(r, out, chosen, scores, resolution, total, timed, measure, analysis)
 

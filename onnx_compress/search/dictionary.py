@@ -156,12 +156,7 @@ def choose(units: list[Unit], dictionary: Dictionary, current_total: int, total:
                 opts.append(solve.Option(ratio=c.key, cost=c.cost, score=value(dictionary.scores[u.name][c.key])))
         layer_opts.append(solve.LayerOptions(u.name, tuple(opts)))
         offset += u.base_cost
-    fixed = current_total - offset
-    if fixed < 0 and layer_opts:  # savings counted against shared layers: move the deficit
-        first = layer_opts[0]
-        shifted = tuple(solve.Option(o.ratio, o.cost - fixed, o.score) for o in first.options)
-        layer_opts[0] = solve.LayerOptions(first.name, shifted)
-        fixed = 0
+    fixed = current_total - offset  # negative where units share layers (a mix of schemes)
     chosen = solve.select(layer_opts, fixed, total, target, value(base), method=method,
                           use_monotonic_fit=use_monotonic_fit)
     if objective == "product":  # report the expected score in score units

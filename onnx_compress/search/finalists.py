@@ -6,6 +6,7 @@ bounds, as in channel pruning) the correction toward the target with measured ra
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -13,7 +14,9 @@ from fractions import Fraction
 from .. import runtime
 from ..errors import ParameterError
 from ..schemes.base import Unit, exact_cost
+from ..schemes.mix import merge_previews
 from . import dictionary as greedy
+from . import solve
 from .dictionary import Dictionary
 
 CLOSE_CALL = 0.01  # finalists estimated within this fraction of the baseline score are built and scored
@@ -39,6 +42,8 @@ class Problem:
     use_monotonic_fit: bool
     costs: Callable[[], dict[str, int]]
     exact_costs: bool = True
+    overlapping: bool = False  # units may share a layer (a mix): additive costs over-count savings
+    families: tuple = ()  # unit-name sets whose selection alone is a finalist too (a mix: each scheme's)
 
     def choose(self, goal, method: str | None = None, objective: str = "product"):
         return greedy.choose(self.units, self.dictionary, self.current_total, self.total, goal,
@@ -67,7 +72,7 @@ def exact_goal(p: Problem, exact=None, method: str | None = None, objective: str
         return Fraction(exact(choices), p.total) <= p.target
 
     if not fits(p.target):
-        return None
+        return _below_target(p, fits) if p.overlapping else None
     lo, hi = Fraction(p.target), Fraction(1)
     if fits(hi):
         return hi
@@ -78,6 +83,20 @@ def exact_goal(p: Problem, exact=None, method: str | None = None, objective: str
         else:
             hi = mid
     return lo
+
+
+def _below_target(p: Problem, fits):
+    """The largest budget under the target whose selection's exact cost meets it (None
+    when none does): where units share layers (a mix of schemes), the additive costs
+    over-count the savings and the selection under the target itself overshoots."""
+    lo, hi, found = Fraction(0), Fraction(p.target), None
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        if fits(mid):
+            lo = found = mid
+        else:
+            hi = mid
+    return found
 
 
 def verified_choice(p: Problem, verify, goal_of=None, scored=None):
@@ -97,15 +116,15 @@ def verified_choice(p: Problem, verify, goal_of=None, scored=None):
     if len(finalists) <= 1:
         return finalists[0] if finalists else None
     eval_callback, iterations, use_cuda = verify
-    by_unit = {u.name: u for u in p.units}
     swapper = runtime.WeightSwapper(p.current, sorted({n for u in p.units for n in u.weights}), use_cuda)
     best, best_score = None, None
     for sel in finalists:
-        overrides = {}
-        for u, opt in sel.choices.items():
-            if opt.ratio != 1.0:
-                cand = next(c for c in by_unit[u].candidates if c.key == opt.ratio)
-                overrides.update(by_unit[u].preview(cand))
+        overrides: dict = {}
+        for unit in p.units:  # in the units' order: a mix's later units preview on top of earlier ones
+            opt = sel.choices.get(unit.name)
+            if opt is not None and opt.ratio != 1.0:
+                cand = next(c for c in unit.candidates if c.key == opt.ratio)
+                merge_previews(overrides, unit.preview(cand))
         score = float(eval_callback(swapper.session(overrides), iterations, use_cuda))
         p.dictionary.verified.append({"method": sel.method, "expected": sel.expected_score, "score": score,
                                       "estimate": goal_of is not None})
@@ -134,7 +153,33 @@ def _finalists(p: Problem, goal_of) -> list:
         if key not in seen:
             seen.add(key)
             finalists.append(sel)
+    for sel in _family_selections(p, goal_of is not None):
+        key = tuple(sorted((u, o.ratio) for u, o in sel.choices.items() if o.ratio != 1.0))
+        if key not in seen:
+            seen.add(key)
+            finalists.append(sel)
     return finalists
+
+
+def _family_selections(p: Problem, aimed: bool) -> list:
+    """Each family's own selection under the target (the other units left as they are):
+    with a mix of schemes, one scheme alone is a finalist, so the combined model is never
+    chosen when one scheme's selection scores better on the real model."""
+    out = []
+    for family in p.families:
+        sub = dataclasses.replace(p, units=[u for u in p.units if u.name in family], families=())
+        if not sub.units:
+            continue
+        goal = exact_goal(sub) if aimed else p.target
+        if goal is None:
+            continue
+        try:
+            sel = sub.choose(goal)
+        except ParameterError:
+            continue
+        rest = {u.name: solve.Option(1.0, u.base_cost, p.dictionary.baseline) for u in p.units if u.name not in family}
+        out.append(dataclasses.replace(sel, choices={**sel.choices, **rest}))
+    return out
 
 
 def select_and_apply(p: Problem, build, achieved, verify=None, exact=None, tries: int = 1, measured=False):

@@ -179,7 +179,10 @@ def _check_layer(layer) -> None:
 
 def _check_problem(layers: Sequence[LayerOptions], fixed_cost: int, total: int, baseline: float) -> None:
     """Validate a selection problem; raise ParameterError on the first defect."""
-    fixed = _check_count(fixed_cost, "fixed_cost", positive=False)
+    if not _is_int(fixed_cost) or not -_INT64_LIMIT < fixed_cost < _INT64_LIMIT:
+        raise ParameterError(f"fixed_cost must be an integer in (-2**62, 2**62), got {fixed_cost!r}; "
+                             f"costs are exact MAC or parameter counts (negative where units share layers)")
+    fixed = int(fixed_cost)
     if _is_int(total) and total == 0:
         raise ParameterError("the model has no measurable cost (total 0): no layer with MACs or weights to "
                              "compress, so no ratio of it can be chosen")
@@ -192,6 +195,10 @@ def _check_problem(layers: Sequence[LayerOptions], fixed_cost: int, total: int, 
         if layer.name in names:
             raise ParameterError(f"layer '{layer.name}' appears twice; give each layer one LayerOptions")
         names.add(layer.name)
+    whole = fixed + sum(int(next(o.cost for o in layer.options if o.ratio == 1.0)) for layer in layers)
+    if fixed < 0 and whole < 0:
+        raise ParameterError(f"fixed_cost {fixed} is below minus the layers' uncompressed costs (the uncompressed "
+                             f"model would cost {whole}); a negative fixed cost only offsets layers counted twice")
     largest = fixed + sum(max(int(o.cost) for o in layer.options) for layer in layers)
     if largest >= _INT64_LIMIT:
         raise ParameterError(f"costs sum to {largest}, over 2**62; express costs in coarser units")
