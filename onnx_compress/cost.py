@@ -1,10 +1,12 @@
 """Cost arithmetic: from a requested ratio to a rank (or channel count), exactly.
 
 The one place ranks and kept channel counts are rounded to a multiplicity
-(`rank_for_ratio`, `kept_count`). A split layer's cost is linear in its rank r: cost(r) = per_rank * r (biases are not
-counted: memory is weight parameters). A ratio maps to the largest rank whose cost is at
-most ratio * cost_before, in closed form with integer arithmetic on the ratio's exact
-decimal value, so 0.3 means 3/10, not 0.29999999999999998.
+(`rank_for_ratio`, `kept_count`). A split layer's cost is linear in its rank r:
+cost(r) = fixed + per_rank * r (biases are not counted: memory is weight parameters;
+`fixed` is the part the split leaves as it is, an LSTM/GRU's recurrent weights R, 0 for
+Conv/Gemm/MatMul). A ratio maps to the largest rank whose cost is at most ratio *
+cost_before, in closed form with integer arithmetic on the ratio's exact decimal value,
+so 0.3 means 3/10, not 0.29999999999999998.
 """
 from __future__ import annotations
 
@@ -56,22 +58,24 @@ def check_multiplicity(multiplicity) -> int:
 
 @dataclass(frozen=True)
 class RankCost:
-    """Cost of a layer split at rank r: `per_rank * r`, against `before` unsplit.
+    """Cost of a layer split at rank r: `fixed + per_rank * r`, against `before` unsplit.
 
-    `full_rank` is the rank at which the split is exact (min of the factored matrix's dims).
+    `full_rank` is the rank at which the split is exact (min of the factored matrix's dims);
+    `fixed`: the cost the split does not change (an LSTM/GRU's recurrent MACs or weights R).
     """
 
     before: int
     per_rank: int
     full_rank: int
+    fixed: int = 0
 
     def at(self, rank: int) -> int:
-        return self.per_rank * rank
+        return self.fixed + self.per_rank * rank
 
     @property
     def max_rank(self) -> int:
         """Largest useful rank: at most full rank and strictly cheaper than no split (0: none)."""
-        return max(0, min(self.full_rank, (self.before - 1) // self.per_rank))
+        return max(0, min(self.full_rank, (self.before - 1 - self.fixed) // self.per_rank))
 
     def ratio(self, rank: int) -> Fraction:
         return Fraction(self.at(rank), self.before)
@@ -92,7 +96,7 @@ def rank_for_ratio(rc: RankCost, ratio, multiplicity: int = 1) -> int:
     up to one multiple instead (never 0), but never past the break-even rank (`max_rank`).
     """
     q = as_fraction(ratio)
-    rank = min((q.numerator * rc.before) // (q.denominator * rc.per_rank), rc.max_rank)
+    rank = min((q.numerator * rc.before - q.denominator * rc.fixed) // (q.denominator * rc.per_rank), rc.max_rank)
     if rank < 1:
         return 0
     if multiplicity > 1:

@@ -1,10 +1,16 @@
 """Find the compressible layers of a model, with their shapes, costs and skip reasons.
 
 A *layer* is a Conv, Gemm or MatMul node whose weight is constant (an initializer, a
-Constant node, or Identity of either), in the main graph or any If/Loop/Scan subgraph.
+Constant node, or Identity of either), or an LSTM/GRU whose input weight W and recurrent
+weight R are, in the main graph or any If/Loop/Scan subgraph.
 Nodes of those types whose weight is not constant are listed too, with the reason, but
 they do not count in the model's cost. A layer is named by its node name, or by its
 first output's name when the exporter left the node name empty.
+
+An LSTM/GRU layer's weight is W [num_directions, gates*hidden, input] (gates: LSTM 4, GRU 3);
+its cost counts the input projection and the recurrence at every time step: MACs
+seq*batch*dirs*gates*hidden*(input + hidden) (seq, batch from X's shape, either layout),
+memory W + R. Weight SVD splits W alone (R's part is the split's fixed cost).
 """
 from __future__ import annotations
 
@@ -22,7 +28,9 @@ from .errors import LayerError, ShapeError
 
 log = logging.getLogger(__name__)
 
-LAYER_OPS = ("Conv", "Gemm", "MatMul")
+LAYER_OPS = ("Conv", "Gemm", "MatMul", "LSTM", "GRU")
+#: The recurrent layers and their gate blocks of `hidden` rows in W and R.
+RECURRENT = {"LSTM": 4, "GRU": 3}
 #: Why a shape is unknown when no step failed with a reason of its own.
 UNRESOLVED = "shape inference could not resolve them"
 Shape = ir.Shape
@@ -33,7 +41,8 @@ class Layer:
     """One compressible (or refused) layer of a model.
 
     `weight` is the stored weight: Conv (n_out, n_in/group, *kernel); Gemm B as stored
-    (transB decides its layout); MatMul (K, N). `mac`/`memory` are None when unknown.
+    (transB decides its layout); MatMul (K, N); LSTM/GRU W (dirs, gates*hidden, input).
+    `mac` is None when unknown. `out_shape` of an LSTM/GRU: its first present output's.
     """
 
     name: str
@@ -61,9 +70,16 @@ class Layer:
     def kernel(self) -> tuple[int, ...]:
         return tuple(self.weight.shape[2:]) if self.op == "Conv" else ()
 
+    @property
+    def recurrent(self) -> bool:
+        return self.op in RECURRENT
+
     def matrix_shape(self) -> tuple[int, int]:
-        """(K, N) of a Gemm/MatMul weight as it multiplies: y = x @ W."""
+        """(K, N) of a Gemm/MatMul weight as it multiplies: y = x @ W; an LSTM/GRU's W of
+        every direction stacked, as it projects X: (input, dirs*gates*hidden)."""
         w = self.weight
+        if self.op in RECURRENT:
+            return int(w.shape[2]), int(w.shape[0] * w.shape[1])
         if self.op == "Gemm" and int(self.node.attrs.get("transB", 0)):
             return int(w.shape[1]), int(w.shape[0])
         return int(w.shape[0]), int(w.shape[1])
@@ -248,14 +264,18 @@ def _probe_feed(proto: onnx.ModelProto, dims: dict[str, Shape]) -> dict[str, np.
 def _make_layer(node, owner, in_subgraph: bool, shapes: dict[str, Shape], shape_note: str | None) -> Layer:
     name = ir.node_name(node)
     in_shape = shapes.get(node.inputs[0].name) if node.inputs else None
-    out_shape = shapes.get(node.outputs[0].name) if node.outputs else None
+    out = node.outputs[:1] if node.op not in RECURRENT else [t for t in node.outputs if t.name][:1]
+    out_shape = shapes.get(out[0].name) if out else None
     weight, reason = _weight_of(node)
     mac = None
-    if reason is None and out_shape is not None:
+    if reason is None and (in_shape if node.op in RECURRENT else out_shape) is not None:
         mac = _macs(node.op, weight, node, in_shape, out_shape)
+    memory = 0
+    if reason is None:
+        memory = int(weight.size) + (_recurrent_size(node) if node.op in RECURRENT else 0)
     return Layer(
         name=name, op=node.op, node=node, graph=owner, weight=weight, in_shape=in_shape,
-        out_shape=out_shape, mac=mac, memory=int(weight.size) if reason is None else 0,
+        out_shape=out_shape, mac=mac, memory=memory,
         reason=reason, in_subgraph=in_subgraph,
         shape_note=(shape_note or UNRESOLVED) if (in_shape is None or out_shape is None) else None,
     )
@@ -266,7 +286,11 @@ def _weight_of(node) -> tuple[np.ndarray | None, str | None]:
     if len(node.inputs) < 2:
         return None, "weight input missing"
     w = ir.constant_value(node.inputs[1])
-    if node.op == "Conv":
+    if node.op in RECURRENT:
+        w, why = _recurrent_weight(node, w)
+        if why:
+            return None, why
+    elif node.op == "Conv":
         if w is None:
             return None, "weight is not constant"
         if w.ndim < 3:
@@ -287,11 +311,33 @@ def _weight_of(node) -> tuple[np.ndarray | None, str | None]:
         return None, f"weight dtype {w.dtype} is not floating point"
     if not _all_finite(w):
         return None, NOT_FINITE
-    if node.op in ("Conv", "Gemm") and len(node.inputs) > 2 and node.inputs[2].name:
-        bias = ir.constant_value(node.inputs[2])
+    slot = 3 if node.op in RECURRENT else 2  # an LSTM/GRU's B
+    if node.op != "MatMul" and len(node.inputs) > slot and node.inputs[slot].name:
+        bias = ir.constant_value(node.inputs[slot])
         if bias is not None and np.issubdtype(bias.dtype, np.floating) and not _all_finite(bias):
             return None, "bias holds NaN or Inf values"
     return w, None
+
+
+def _recurrent_weight(node, w: np.ndarray | None) -> tuple[np.ndarray | None, str | None]:
+    """An LSTM/GRU's W when W and R are constant 3-D (dirs, gates*hidden, ...) weights,
+    or the reason it is not a layer."""
+    r = ir.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+    if w is None:
+        return None, "input weight W is not constant"
+    if r is None:
+        return None, "recurrent weight R is missing or not constant"
+    gates = RECURRENT[node.op]
+    if w.ndim != 3 or r.ndim != 3 or w.shape[1] % gates or r.shape[:2] != w.shape[:2]:
+        return None, f"W {tuple(w.shape)} and R {tuple(r.shape)} are not [dirs, {gates}*hidden, ...] weights"
+    if not np.issubdtype(r.dtype, np.floating) or not _all_finite(r):
+        return None, "recurrent weight R holds NaN or Inf values or is not floating point"
+    return w, None
+
+
+def _recurrent_size(node) -> int:
+    """Parameters of an LSTM/GRU's recurrent weight R (memory counts W and R)."""
+    return int(ir.constant_value(node.inputs[2]).size)
 
 
 #: The reason a layer whose weight holds NaN or Inf is refused (SVD cannot factor it; a
@@ -327,6 +373,9 @@ def _memmap_of(a: np.ndarray) -> np.memmap | None:
 
 
 def _macs(op: str, w: np.ndarray, node, in_shape, out_shape) -> int | None:
+    if op in RECURRENT:  # W and R at every step: X is [seq, batch, input] (layout 1: batch, seq)
+        dirs, rows, n_in = (int(d) for d in w.shape)
+        return int(in_shape[0]) * int(in_shape[1]) * dirs * rows * (n_in + rows // RECURRENT[op])
     if op == "Conv":
         return math.prod(out_shape) * math.prod(w.shape[1:])
     if op == "Gemm":

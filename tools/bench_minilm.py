@@ -148,9 +148,15 @@ def matmul_macs(model: onnx.ModelProto, seq: int = COST_SEQ) -> int:
     return total
 
 
-def cosine_evaluator(feeds: list[dict]):
-    """eval_callback: mean cosine of the first output to the first session's outputs."""
+def cosine_evaluator(feeds: list[dict], original=None):
+    """eval_callback: mean cosine of the first output to the `original` model's outputs
+    (default: the first session's, which is the uncompressed model's only when the
+    dictionary is built; with reused scores the first session scored is a finalist)."""
     state: dict = {}
+    if original is not None:
+        sess = _session(original)
+        name = sess.get_outputs()[0].name
+        state["ref"] = [sess.run([name], f)[0].astype(np.float64) for f in feeds]
 
     def evaluate(session, iterations=None, use_cuda=False) -> float:
         name = session.get_outputs()[0].name
@@ -204,7 +210,7 @@ def run(args) -> tuple[list[dict], dict]:
                 reuse = scores.exists()
                 t0 = time.perf_counter()
                 model, st = oc.compress_auto(
-                    original, "weight_svd", target, cosine_evaluator(sel), data=cal_feeds, data_aware=aware,
+                    original, "weight_svd", target, cosine_evaluator(sel, original), data=cal_feeds, data_aware=aware,
                     input_shape=shape, num_reconstruction_samples=args.samples, candidates=args.candidates,
                     scores_out=None if reuse else scores, saved_eval_scores_dict=scores if reuse else None,
                     svd_refit=refit)

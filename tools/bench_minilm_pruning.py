@@ -82,14 +82,36 @@ def run(args) -> tuple[list[dict], dict]:
             reuse = scores.exists()
             t0 = time.perf_counter()
             model, st = oc.compress_auto(
-                original, "channel_pruning", target, bm.cosine_evaluator(sel), data=cal_feeds, input_shape=shape,
-                num_reconstruction_samples=args.samples, candidates=args.candidates, selection="greedy",
-                scores_out=None if reuse else scores, saved_eval_scores_dict=scores if reuse else None)
+                original, "channel_pruning", target, bm.cosine_evaluator(sel, original), data=cal_feeds,
+                input_shape=shape, num_reconstruction_samples=args.samples, candidates=args.candidates,
+                selection="greedy", scores_out=None if reuse else scores,
+                saved_eval_scores_dict=scores if reuse else None)
             record("auto", target, "heads + FFN dims" + (" (reused scores)" if reuse else ""), model, st,
                    time.perf_counter() - t0)
+        if args.mix:
+            _mix_rows(args, original, sel, cal_feeds, shape, record, info)
     if args.latency:
         info["latency"] = latency_rows(original, rows, models, args.latency_rounds)
     return rows, info
+
+
+def _mix_rows(args, original, sel, cal_feeds, shape, record, info) -> None:
+    """Auto mode over channel pruning and data-aware weight SVD under one target (schemes.Mix):
+    heads, FFN dims and every projection's split in one dictionary and one knapsack."""
+    scores = Path(tempfile.mkdtemp()) / "mix_scores.json"
+    for target in args.targets:
+        reuse = scores.exists()
+        t0 = time.perf_counter()
+        model, st = oc.compress_auto(
+            original, ["channel_pruning", "weight_svd"], target, bm.cosine_evaluator(sel, original), data=cal_feeds,
+            input_shape=shape, num_reconstruction_samples=args.samples, candidates=args.candidates,
+            selection="greedy", scores_out=None if reuse else scores, saved_eval_scores_dict=scores if reuse else None)
+        chosen = [u for u, r in st.selection["chosen"].items() if r != 1.0]
+        kinds = "+".join(sorted({u.split(":")[0].replace("channel_pruning", "pruning").replace("weight_svd", "SVD")
+                                 for u in chosen})) or "none"
+        record("auto", target, f"mix: pruning + SVD, chose {kinds}" + (" (reused scores)" if reuse else ""), model,
+               st, time.perf_counter() - t0)
+        info.setdefault("mix", []).append(dict(target=target, chosen=len(chosen), units=len(st.selection["scores"])))
 
 
 def _feed(batch: int, seq: int, seed: int = 0) -> dict:
@@ -150,6 +172,12 @@ def section(rows: list[dict], info: dict, command: str) -> str:
     for r in rows:
         lines.append(f"| {r['mode']} | {r['target']} | {r['what']} | {r['layer_ratio']:.3f} | {r['model_ratio']:.3f} | "
                      f"{r['cos']:.4f} | {r['cos_min']:.4f} | {r['spearman']:.4f} | {r['seconds']:.1f} |")
+    if info.get("mix"):
+        lines += ["", "Mix: `compress_auto(model, [\"channel_pruning\", \"weight_svd\"], target, ...)`: the 12 head "
+                  "and FFN groups and the 36 projections' data-aware SVD splits in one dictionary ("
+                  f"{info['mix'][0]['units']} units) and one knapsack; a layer may be pruned and split. Each "
+                  "scheme's own selection is a finalist beside the mixed ones, scored on the combined model; "
+                  "\"chose\" says which kinds of unit the kept selection compresses."]
     if "auto_sentences" in info:
         lines += ["", "Auto mode: one knapsack over the 12 head and FFN units, each alone at {0.1 .. 0.9} of its "
                   f"channels, scored by mean cosine to the original on {info['auto_sentences']} calibration "
@@ -177,7 +205,7 @@ def section(rows: list[dict], info: dict, command: str) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratios", default="0.75,0.5", help="manual ratios of each pruned layer's channels")
-    p.add_argument("--targets", default="0.8,0.7", help="auto-mode targets (MAC ratio of the 36 MatMul layers)")
+    p.add_argument("--targets", default="0.8,0.7,0.5", help="auto-mode targets (MAC ratio of the 36 MatMul layers)")
     p.add_argument("--eval", type=int, default=256)
     p.add_argument("--calib", type=int, default=512)
     p.add_argument("--samples", type=int, default=4000, help="token rows sampled per layer for selection and refit")
@@ -185,6 +213,7 @@ def main() -> None:
     p.add_argument("--no-auto", dest="auto", action="store_false")
     p.add_argument("--auto-batches", type=int, default=8)
     p.add_argument("--candidates", type=int, default=10)
+    p.add_argument("--no-mix", dest="mix", action="store_false", help="skip the pruning + SVD mix rows")
     p.add_argument("--model-dir", type=Path, default=export_minilm.DEFAULT_DIR)
     p.add_argument("--no-latency", dest="latency", action="store_false")
     p.add_argument("--latency-rounds", type=int, default=30)

@@ -44,10 +44,16 @@ def _in_shape(layer: layers.Layer) -> tuple[int, ...]:
     return tuple(layer.in_shape)
 
 
+#: An LSTM/GRU is timed without sequence_lens and its initial states (inputs 4-6: zeros,
+#: every sequence full length): the same work, and no integer or model-state inputs.
+_UNTIMED = {"LSTM": (4, 5, 6), "GRU": (4, 5)}
+
+
 def _const_shapes(layer: layers.Layer) -> list[tuple[int, ...] | None]:
     shapes = []
-    for tensor in layer.node.inputs[1:]:
-        if not tensor.name:
+    untimed = _UNTIMED.get(layer.op, ())
+    for slot, tensor in enumerate(layer.node.inputs[1:], start=1):
+        if not tensor.name or slot in untimed:
             shapes.append(None)
             continue
         value = ir.constant_value(tensor)

@@ -39,6 +39,14 @@ class ChannelGroup:
     reasons: dict[str, int] = field(default_factory=dict)
     unit_of: np.ndarray | None = None
     graph: object = None  # the graph the group lives in (winnow may add nodes to it)
+    inexact: list[str] = field(default_factory=list)  # why winnowing changes kept outputs
+
+    @property
+    def exact(self) -> bool:
+        """Whether removing channels whose contribution is zero leaves the outputs unchanged
+        (False when the group normalises over its channels: a LayerNorm over fewer channels
+        takes its mean and variance over the kept ones; `inexact` says where)."""
+        return not self.inexact
 
     def in_layers(self) -> list[str]:
         """Names of the layers that lose input channels with this group."""
@@ -76,6 +84,14 @@ class ChannelGroup:
     def lock_summary(self) -> str:
         return "; ".join(f"{why} ({n} channel{'s' if n != 1 else ''})" for why, n in self.reasons.items())
 
+    def inexact_summary(self) -> str:
+        """What makes the group inexact, by kind: "LayerNorm over fewer channels (5 norms)"."""
+        kinds: dict[str, int] = {}
+        for note in self.inexact:
+            kind = note.split(":")[0]
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return "; ".join(f"{kind} ({n} norm{'s' if n != 1 else ''})" for kind, n in kinds.items())
+
     def describe(self) -> str:
         """A printable summary, like Torch-Pruning's group printout."""
         units = "" if self.unit_of is None else f" in {self.size} units"
@@ -87,13 +103,15 @@ class ChannelGroup:
             lines.append(f"  {a.kind:<9} {a.node.op:<18} {ir.node_name(a.node)}{extra}")
         if self.reasons:
             lines.append(f"  locked: {self.lock_summary()}")
+        for note in self.inexact:
+            lines.append(f"  inexact: {note}")
         return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ build
 class Walk:
     """Breadth-first walk state; an op rule's propagate calls shape/visit/act/lock/lock_rows/
-    couple/later (see `ops`)."""
+    couple/inexact/later (see `ops`)."""
 
     def __init__(self, group: ChannelGroup, shapes: dict[str, Shape], graph_inputs: set[str],
                  graph_outputs: set[str], opset: int = 17):
@@ -162,6 +180,11 @@ class Walk:
         if fresh.any():
             self.g.reasons[reason] = self.g.reasons.get(reason, 0) + int(fresh.sum())
         self.g.locked |= rows
+
+    def inexact(self, note: str) -> None:
+        """Record that winnowing is not exact there (`ChannelGroup.inexact`), once per note."""
+        if note not in self.g.inexact:
+            self.g.inexact.append(note)
 
     def couple(self, roots) -> None:
         roots = np.unique(np.asarray(roots, np.int64))

@@ -29,7 +29,8 @@ from .channels import shrink_none, shrink_params
 from .ops_elementwise import BROADCAST, UNARY, _broadcast, _pad, _resize, _shrink_resize, _unary
 from .ops_index import _concat, _gather, _shrink_gather, _shrink_slice, _shrink_split, _slice, _split
 from .ops_layer import _conv, _matrix, _shrink_layer
-from .ops_norm import ALONG_AXIS, _along_axis, _channel_norm, _groupnorm, _layernorm, _shrink_groupnorm, _topk
+from .ops_norm import (ALONG_AXIS, _along_axis, _channel_norm, _groupnorm, _layernorm, _reduce_mean,
+                       _shrink_groupnorm, _topk)
 from .ops_recurrent import GATES, _recurrent, _shrink_recurrent
 from .ops_shape import REDUCE, _flatten_like, _shape, _shrink_reshape, _squeeze_like, _transpose
 
@@ -63,7 +64,7 @@ OPS: dict[str, OpRule] = {
     # normalisations and ops along an axis
     "BatchNormalization": OpRule(_channel_norm, shrink_params),
     "InstanceNormalization": OpRule(_channel_norm, shrink_params),
-    "LayerNormalization": OpRule(_layernorm, shrink_none),
+    "LayerNormalization": OpRule(_layernorm, shrink_params),
     "GroupNormalization": OpRule(_groupnorm, _shrink_groupnorm),
     **{op: OpRule(_along_axis, shrink_none) for op in ALONG_AXIS},
     "TopK": OpRule(_topk, shrink_none),
@@ -79,6 +80,7 @@ OPS: dict[str, OpRule] = {
     "Squeeze": OpRule(_squeeze_like, shrink_none),
     "Unsqueeze": OpRule(_squeeze_like, shrink_none),
     **{op: OpRule(_squeeze_like, shrink_none) for op in sorted(REDUCE)},
+    "ReduceMean": OpRule(_reduce_mean, shrink_none),  # also a LayerNorm's statistics
     "Shape": OpRule(_shape, shrink_none),
     "Size": OpRule(_shape, shrink_none),
 }

@@ -43,12 +43,91 @@ def _channel_norm(w: Walk, node, pos: Position) -> str | None:
 
 
 def _layernorm(w: Walk, node, pos: Position) -> str | None:
-    """LayerNormalization normalises over axes [axis, rank): per channel only when the
-    channel axis comes before them (removing a normalised channel changes the mean and
-    variance of the others, even when its values are zero). Mean and InvStdDev keep the
+    """LayerNormalization normalises over axes [axis, rank): per channel when the channel
+    axis comes before them. Normalised over the channel axis alone (a transformer's hidden
+    size: axis -1), the channels go with their scale and bias entries, but the mean and
+    variance are then over the kept channels (`INEXACT`). Mean and InvStdDev keep the
     leading axes."""
+    shape = w.shape(node.inputs[0])
+    if shape is not None and _over_channels_alone(node, pos, len(shape)):
+        return _layernorm_channels(w, node, pos, shape)
     return _keeps_other_axes(w, node, pos, "a parameter", lambda axis: pos.axis >= axis,
                              "normalises over the channel axis")
+
+
+#: How a group notes a normalisation whose statistics lose channels.
+INEXACT = "LayerNorm over fewer channels: {} takes its mean and variance over the kept channels only"
+
+
+def _over_channels_alone(node, pos: Position, rank: int) -> bool:
+    """Whether the position is the data (input 0 or output 0) on the last axis, the only one
+    a LayerNormalization normalises over."""
+    data = pos.tensor is node.inputs[0] or pos.tensor is node.outputs[0]
+    return data and pos.axis == rank - 1 and int(node.attrs.get("axis", -1)) % rank == rank - 1
+
+
+def _layernorm_channels(w: Walk, node, pos: Position, shape) -> str | None:
+    """A LayerNormalization over the channel axis alone: its scale and bias lose the
+    channels' entries (constants of shape (C,), or broadcast ones ending in C)."""
+    for slot in (1, 2):
+        if slot >= len(node.inputs) or not node.inputs[slot].name:
+            continue
+        value = ir.constant_value(node.inputs[slot])
+        if value is None:
+            return f"{_where(node)} has a non-constant scale or bias"
+        if value.ndim == 0 or value.shape[-1] == 1:
+            return f"{_where(node)} shares one scale or bias across the channels"
+        if value.shape[-1] != shape[-1]:
+            return f"{_where(node)} has a scale or bias that does not match its channels"
+        w.act("param", node, pos, slot, value.ndim - 1)
+    w.inexact(INEXACT.format(_where(node)))
+    other = node.outputs[0] if pos.tensor is node.inputs[0] else node.inputs[0]
+    w.visit(other, pos.axis, pos.index)
+    return None
+
+
+def _reduce_mean(w: Walk, node, pos: Position) -> str | None:
+    """ReduceMean: the channel axis survives unless it is reduced (`ops_shape`); reduced over
+    the channel axis alone, with keepdims, as a LayerNorm written out (ReduceMean, Sub,
+    Pow, ReduceMean, Add, Sqrt, Div, Mul, Add: older exporters, opset < 17) or an RMSNorm
+    computes its statistics, it is a per-token statistic over fewer channels (`INEXACT`)."""
+    from .ops_shape import _axes, _squeeze_like
+
+    x = node.inputs[0]
+    shape, axes = w.shape(x), _axes(node)
+    if (pos.tensor is x and shape is not None and axes is not None and int(node.attrs.get("keepdims", 1))
+            and sorted({int(a) % len(shape) for a in axes}) == [pos.axis] == [len(shape) - 1]):
+        what = _statistic(node)
+        if what:
+            if what != "variance":  # a variance's LayerNorm is noted at its mean
+                w.inexact(INEXACT.format(_where(node)))
+            return None
+    return _squeeze_like(w, node, pos)
+
+
+def _statistic(node) -> str | None:
+    """What a ReduceMean of a normalisation computes: "mean" (its output is subtracted from
+    its input), "variance" (the mean square of such a difference), "mean square" (of
+    anything else: an RMSNorm); None when it is not one of these."""
+    x, out = node.inputs[0], node.outputs[0]
+    if any(c.op == "Sub" and len(c.inputs) == 2 and c.inputs[0] is x and c.inputs[1] is out for c in out.outputs):
+        return "mean"
+    square = x.inputs[0] if x.inputs else None
+    if square is None or square.op not in ("Pow", "Mul") or len(square.inputs) != 2:
+        return None
+    base, other = square.inputs
+    if square.op == "Pow":
+        exponent = ir.constant_value(other)
+        if exponent is None or exponent.size != 1 or float(np.asarray(exponent).reshape(-1)[0]) != 2.0:
+            return None
+    elif other is not base:
+        return None
+    producer = base.inputs[0] if base.inputs else None
+    if (producer is not None and producer.op == "Sub" and len(producer.inputs) == 2
+            and producer.inputs[1].inputs and producer.inputs[1].inputs[0].op == "ReduceMean"
+            and _statistic(producer.inputs[1].inputs[0]) == "mean"):
+        return "variance"
+    return "mean square"
 
 
 def _topk(w: Walk, node, pos: Position) -> str | None:

@@ -43,6 +43,10 @@ def check_layer(layer: layers.Layer) -> str | None:
     """Why channel pruning cannot take `layer` (None when it can)."""
     if layer.reason:
         return layer.reason
+    if layer.recurrent:
+        article = "an" if layer.op == "LSTM" else "a"
+        return (f"{article} {layer.op} is pruned through its hidden size, with the channel group of the layer "
+                "that reads its output")
     if layer.in_subgraph:
         return "inside an If/Loop/Scan subgraph: its inputs cannot be sampled"
     if layer.op == "Conv" and layer.group != 1:
@@ -57,13 +61,18 @@ def check_layer(layer: layers.Layer) -> str | None:
 def lock_census(analysis: layers.Analysis) -> dict:
     """How many channel groups of the model are locked whole: one group per layer that
     channel pruning could take (its input channels), locked when none of them can go.
-    {"groups", "locked", "locked_fraction", "reasons": {lock reason: groups}}."""
+    {"groups", "locked", "locked_fraction", "reasons": {lock reason: groups}}, and
+    "inexact" (how many free groups normalise over their channels) when there are any."""
     groups = [depgraph.build_group(layer, analysis.graph, analysis.shapes)
               for layer in analysis.compressible if check_layer(layer) is None]
     locked = [g for g in groups if g.all_locked]
     reasons = Counter(why for g in locked for why in g.reasons)
-    return {"groups": len(groups), "locked": len(locked),
-            "locked_fraction": len(locked) / len(groups) if groups else 0.0, "reasons": dict(reasons)}
+    census = {"groups": len(groups), "locked": len(locked),
+              "locked_fraction": len(locked) / len(groups) if groups else 0.0, "reasons": dict(reasons)}
+    inexact = [g for g in groups if not g.all_locked and not g.exact]
+    if inexact:  # groups whose pruning is not exact (a LayerNorm over fewer channels)
+        census["inexact"] = len(inexact)
+    return census
 
 
 def _layer_patches(layer: layers.Layer, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -231,11 +240,13 @@ def _prune_one(state: _State, sampler, name: str, ratio: Fraction, settings: Set
         state.out_keep[lname] = np.delete(keep_idx, idx)
     _snapshot(state, refresh=True)
     refits = []
-    if settings.reconstruct:
-        for lname in in_layers:
+    if settings.reconstruct:  # in graph order: each refit sees the refit layers upstream of it
+        for lname in sorted(in_layers, key=list(before).index) if all(n in before for n in in_layers) else in_layers:
             if lname in before and not before[lname].in_subgraph:
                 refits.append(_refit(state, sampler, lname, settings, input_dims, rng))
     notes = [note] if note else []
+    if not group.exact:
+        notes.append(f"inexact: {group.inexact_summary()}, mean and variance over the kept channels")
     if extra := ", ".join(n for n in in_layers if n != name):
         notes.append(f"same group: {extra}")
     if any(r for r in refits):

@@ -13,6 +13,7 @@ upstream savings come on top, and the final compression measures the real ratio.
 """
 from __future__ import annotations
 
+from collections import Counter
 from fractions import Fraction
 
 import numpy as np
@@ -35,12 +36,20 @@ def _weight_names(proto: onnx.ModelProto) -> set[str]:
     return {t.name for t in proto.graph.initializer}
 
 
+def _shared(proto: onnx.ModelProto, inits: set[str]) -> set[str]:
+    """Initializers that more than one node reads (tied embeddings: a Gather's table that an
+    lm_head Gemm also reads, with transB=1)."""
+    uses = Counter(name for node in proto.graph.node for name in node.input if name in inits)
+    return {name for name, n in uses.items() if n > 1}
+
+
 def group_units(proto: onnx.ModelProto, analysis: layers.Analysis, names: list[str], keys: list[float],
                 settings: Settings, metric: str, multiplicity: int, activations):
     """(units, skipped: layer name -> reason) for channel pruning in auto mode."""
     sampler = activations.sampler(proto, settings)
     rng = np.random.default_rng(settings.seed)
     inits = _weight_names(proto)
+    shared = _shared(proto, inits)
     by_name = {l.name: l for l in analysis.compressible}
     covered: dict[str, str] = {}
     costs = layer_costs(analysis, metric)
@@ -65,7 +74,7 @@ def group_units(proto: onnx.ModelProto, analysis: layers.Analysis, names: list[s
             continue
         for m in members:
             covered.setdefault(m.name, name)
-        unit = _unit(layer, group, members, sampler, rng, keys, settings, costs, multiplicity)
+        unit = _unit(layer, group, members, sampler, rng, keys, settings, costs, multiplicity, shared)
         if unit is None:
             skipped[name] = "no candidate ratio removes a channel"
         elif unit is NOT_FINITE_SAMPLES:
@@ -81,15 +90,15 @@ def _samples(sampler, layer: layers.Layer, rng, n: int):
     return pruning.sample_layer(sampler, sampler.original, layer, rng, n, True, layer.node.outputs[0].name, None)
 
 
-def _unit(root, group, members, sampler, rng, keys, settings, costs, multiplicity):
+def _unit(root, group, members, sampler, rng, keys, settings, costs, multiplicity, shared=frozenset()):
     size = group.size
     sampler.prefetch([t.name for m in members for t in (m.node.inputs[0], m.node.outputs[0])])
     samples = {m.name: _samples(sampler, m, rng, settings.num_reconstruction_samples) for m in members}
     if not all(np.isfinite(p).all() and np.isfinite(t).all() for p, t in samples.values()):
         return NOT_FINITE_SAMPLES
     grams = {}
-    if settings.reconstruct:
-        for m in members:
+    if settings.reconstruct:  # a weight another node reads too is previewed zeroed, not refit
+        for m in (m for m in members if m.node.inputs[1].name not in shared):
             grams[m.name] = lstsq.GramFit(samples[m.name][0], samples[m.name][1], _has_bias(m),
                                                 seed=settings.seed)
     root_index = group.positions[root.node.inputs[0].name].index
@@ -131,7 +140,7 @@ def _unit(root, group, members, sampler, rng, keys, settings, costs, multiplicit
 
     weights = [m.node.inputs[1].name for m in members]
     if settings.reconstruct:
-        weights += [m.node.inputs[2].name for m in members if _has_bias(m)]
+        weights += [m.node.inputs[2].name for m in members if _has_bias(m) and m.name in grams]
     touched = tuple(dict.fromkeys(name for name, _ in effects[choices[0][0]]))
     return Unit(root.name, cands, preview, base, tuple(weights), touched, data=effects, size=size)
 
@@ -158,16 +167,20 @@ def layer_costs(analysis: layers.Analysis, metric: str) -> dict[str, int]:
 def _unit_cost(group, removed: "_Removed", costs: dict[str, int]) -> int:
     """Cost of the layers this group owns after it loses root channels `removed`.
 
-    A group owns the layers whose *input* channels it prunes (and its depthwise convs);
+    A group owns the layers whose *input* channels it prunes (and its depthwise convs, and
+    the LSTM/GRU layers whose hidden units it prunes: their whole cost, W and R);
     their producers' output savings are not counted (another group owns those layers).
     Each layer is owned once, so unit costs add up, and the estimate is an upper bound on
     the real cost (which the final compression measures).
     """
     total = Fraction(0)
     for action in group.actions:
+        name = ir.node_name(action.node)
+        if action.kind == "rnn_hidden" and name in costs:  # the group of its hidden units owns an LSTM/GRU
+            total += costs[name] * _recurrent_kept(action, len(removed.of(action)))
+            continue
         if action.kind not in ("in", "depthwise"):
             continue
-        name = ir.node_name(action.node)
         if name not in costs:
             continue
         total += Fraction(costs[name] * (_width(action) - len(removed.of(action))), _width(action))
@@ -202,15 +215,30 @@ def _effects(group, removed: "_Removed", costs: dict[str, int]) -> dict[tuple[st
     """(layer, side) -> fraction of that side's channels kept, for the layers this group touches."""
     out = {}
     for action in group.actions:
+        name = ir.node_name(action.node)
+        if action.kind in ("rnn_hidden", "rnn_in") and name in costs:
+            out[(name, action.kind)] = _recurrent_kept(action, len(removed.of(action)))
+            continue
         if action.kind not in ("in", "out", "depthwise"):
             continue
-        name = ir.node_name(action.node)
         if name not in costs:
             continue
         width = _width(action)
         side = "out" if action.kind == "out" else "in"
         out[(name, side)] = Fraction(width - len(removed.of(action)), width)
     return out
+
+
+def _recurrent_kept(action, gone: int) -> Fraction:
+    """Kept fraction of an LSTM/GRU layer's cost (W and R at every step: rows*(input + hidden),
+    rows = dirs*gates*hidden) when `gone` of its hidden units ("rnn_hidden": W's and R's rows
+    and R's columns go) or of its input features ("rnn_in": W's columns) go."""
+    weight = ir.constant_value(action.node.inputs[1])
+    n_in, hidden = int(weight.shape[2]), int(weight.shape[1]) // (4 if action.node.op == "LSTM" else 3)
+    if action.kind == "rnn_in":
+        return Fraction(n_in - gone + hidden, n_in + hidden)
+    kept = hidden - gone
+    return Fraction(kept * (n_in + kept), hidden * (n_in + hidden))
 
 
 def _width(action) -> int:
@@ -233,7 +261,7 @@ def _overrides(group, members, samples, grams, removed: "_Removed", settings) ->
         w3 = pruning.layer_weight(m).astype(np.float64)
         has_bias = _has_bias(m)
         new = np.zeros_like(w3)
-        if settings.reconstruct:
+        if m.name in grams:
             stored = ir.constant_value(m.node.inputs[2]) if has_bias else None
             bias = stored.astype(np.float64).reshape(-1) if has_bias else None
             fit_w, fit_b, _ = grams[m.name].fit(keep, w3[:, keep])

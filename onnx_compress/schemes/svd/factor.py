@@ -6,7 +6,8 @@ a model.
 Weight SVD (AIMET's split). Conv weight W (n_out, n_in, *k) seen as the matrix
 M[(o, *k), i] = U S V^T becomes a 1x1 conv (rank, n_in, 1..) followed by a conv
 (n_out, rank, *k) that keeps stride, pads, dilation, auto_pad and bias. Gemm/MatMul
-weight (K, N) becomes (K, rank) then (rank, N).
+weight (K, N) becomes (K, rank) then (rank, N). An LSTM/GRU's input weight W becomes a
+MatMul in front of the op and a W of input size rank (`recurrent`).
 
 Spatial SVD (Jaderberg et al. 2014). Conv weight seen as M[(i, y), (o, x)] becomes a
 (rank, n_in, kh, 1) conv carrying the vertical stride/pads/dilation, then an
@@ -25,6 +26,7 @@ from ...cost import RankCost
 from ...errors import ShapeError
 from ...ir import NodeSpec
 from ...layers import Layer
+from . import recurrent
 
 
 def truncated_svd(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +95,8 @@ def check_spatial_svd(layer: Layer) -> str | None:
     """Why spatial SVD cannot apply to `layer`, or None when it can."""
     if layer.reason:
         return layer.reason
+    if layer.recurrent:
+        return f"{layer.op}: not a convolution (spatial SVD applies to Conv only)"
     if layer.op != "Conv":
         return f"{layer.op}: spatial SVD applies to Conv only"
     nd = layer.weight.ndim - 2
@@ -124,6 +128,8 @@ def _need_shapes(layer: Layer) -> None:
 def weight_svd_cost(layer: Layer, metric: str) -> RankCost:
     """Cost of the weight-SVD split of `layer` as a function of rank."""
     w = layer.weight
+    if layer.recurrent:
+        return recurrent.cost(layer, metric)
     if layer.op == "Conv":
         n_out, n_in = w.shape[:2]
         ksize = math.prod(w.shape[2:])
@@ -172,6 +178,8 @@ def weight_svd_specs(layer: Layer, rank: int, opset: int, cov: np.ndarray | None
     `cov`: second moment of the layer's inputs (see `input_moment`) for data-aware SVD.
     """
     w = layer.weight
+    if layer.recurrent:
+        return recurrent.specs(layer, *whitened_svd(recurrent.x_matrix(w), cov, rank))
     if layer.op == "Conv":
         n_out, n_in = w.shape[:2]
         kernel = w.shape[2:]
@@ -260,6 +268,8 @@ def low_rank_weight(layer: Layer, scheme: str, rank: int, cov: np.ndarray | None
             factors["ab"] = ab
     a, b = ab
     approx = a[:, :rank] @ b[:rank]
+    if layer.recurrent:
+        return recurrent.stored_weight(approx, w.shape).astype(w.dtype)
     if layer.op == "Conv" and scheme == "weight_svd":
         n_in = w.shape[1]
         return np.moveaxis(approx.T.reshape(w.shape[0], *w.shape[2:], n_in), -1, 1).astype(w.dtype)
@@ -273,6 +283,8 @@ def low_rank_weight(layer: Layer, scheme: str, rank: int, cov: np.ndarray | None
 def _factored_matrix(layer: Layer, scheme: str) -> np.ndarray:
     """The matrix the SVD factors (x-form, y = x @ M) for low_rank_weight."""
     w = layer.weight
+    if layer.recurrent:
+        return recurrent.x_matrix(w)
     if layer.op == "Conv" and scheme == "weight_svd":
         return np.moveaxis(w, 1, -1).reshape(-1, w.shape[1]).T
     if layer.op == "Conv":
@@ -285,7 +297,9 @@ def _factored_matrix(layer: Layer, scheme: str) -> np.ndarray:
 def relative_errors(layer: Layer, scheme: str) -> np.ndarray:
     """||W - W_r||_F / ||W||_F for r = 0 .. full rank (index r), from the singular values."""
     w = layer.weight
-    if layer.op == "Conv" and scheme == "weight_svd":
+    if layer.recurrent:
+        matrix = recurrent.x_matrix(w)
+    elif layer.op == "Conv" and scheme == "weight_svd":
         matrix = np.moveaxis(w, 1, -1).reshape(-1, w.shape[1])
     elif layer.op == "Conv":
         n_out, n_in, kh, kw = w.shape
@@ -302,7 +316,8 @@ def moment_kernel(layer: Layer, scheme: str) -> tuple | None:
 
     Returns (kernel, strides, pads, dilations) for `patches.conv_patches` on the
     layer's input: one input-channel vector per position for weight SVD of a conv, the
-    vertical (kh x 1) patches of spatial SVD; None for Gemm/MatMul (input rows).
+    vertical (kh x 1) patches of spatial SVD; None for Gemm/MatMul (input rows) and
+    LSTM/GRU (X's rows: one time step of one sequence each, as W projects them).
     """
     if layer.op != "Conv":
         return None

@@ -1,6 +1,7 @@
 """Sequential least-squares refit of weight-SVD factors on calibration data.
 
-After a step has split its layers, each split Gemm/MatMul is refit, in graph order, so
+After a step has split its layers, each split Gemm/MatMul (and LSTM/GRU input projection:
+MatMul(A), then the op whose W is the second factor) is refit, in graph order, so
 that the split layer's outputs on its inputs from the *compressed* model (earlier layers
 already split and refit) match the *original* layer's outputs on the original inputs:
 either the second factor alone (A fixed),
@@ -26,10 +27,11 @@ from ... import ir
 from ...options import Settings
 from ..patches import positions_per_batch
 from ... import progress as progress_mod
+from . import recurrent
 
 log = logging.getLogger(__name__)
 
-REFIT_OPS = ("MatMul", "Gemm", "Conv")
+REFIT_OPS = ("MatMul", "Gemm", "Conv", "LSTM", "GRU")
 
 
 def refittable(layer) -> bool:
@@ -82,9 +84,12 @@ def refit_second_factors(current: onnx.ModelProto, original: onnx.ModelProto, pl
         x_cur = current_inputs[name]
         rng = np.random.default_rng([settings.seed, zlib.crc32(layer.name.encode())])
         a = ir.to_array(inits[first.input[1]]).astype(np.float64)  # (K, r)
-        b_old = ir.to_array(inits[second.input[1]])
+        stored = ir.to_array(inits[second.input[1]])
+        b_old = recurrent.x_matrix(stored) if layer.recurrent else stored  # (r, N)
         w = layer.weight
-        if layer.op == "Gemm" and int(layer.attrs.get("transB", 0)):
+        if layer.recurrent:  # the op's input projection, every direction: (input, dirs*gates*hidden)
+            w = recurrent.x_matrix(w)
+        elif layer.op == "Gemm" and int(layer.attrs.get("transB", 0)):
             w = w.T
         w = np.asarray(w, dtype=np.float64)  # (K, N)
         rows = max(settings.num_reconstruction_samples, 20 * a.shape[1])
@@ -94,6 +99,7 @@ def refit_second_factors(current: onnx.ModelProto, original: onnx.ModelProto, pl
         if gain >= 1.0:
             continue
         ir.set_initializer(inits[first.input[1]], a_new.astype(b_old.dtype))
+        b_new = recurrent.stored_weight(b_new, stored.shape) if layer.recurrent else b_new
         ir.set_initializer(inits[second.input[1]], b_new.astype(b_old.dtype))
         log.info("refit %s: output error x%.3f", layer.name, gains[layer.name])
     progress_mod.update("refitting SVD factors", len(todo), len(todo))
