@@ -32,7 +32,7 @@ from ...cost import kept_count
 from ...options import Settings
 from .. import patches as patches_mod
 from ..svd import factor as svd
-from . import depgraph, lstsq, select as criteria
+from . import depgraph, lstsq, select as criteria, stream
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,11 @@ def select_kept(group: depgraph.ChannelGroup, selection, patches_view, weight_vi
 
 
 def sample_layer(sampler, model: onnx.ModelProto, layer: layers.Layer, rng, n_total: int,
-                 with_targets: bool, orig_layer_out: str, out_keep: np.ndarray | None):
+                 with_targets: bool, orig_layer_out: str, out_keep: np.ndarray | None, minus=None):
     """Patches (n, C, K) of `layer`'s input in `model`, and the original layer's outputs
-    (n, n_out) at the same positions (restricted to `out_keep` channels), or None."""
+    (n, n_out) at the same positions (restricted to `out_keep` channels), or None.
+    `minus`: per batch, a current tensor of the outputs' shape to subtract from the targets
+    (stream.StreamTarget's residual); ValueError when its shape does not match."""
     xs = sampler.current_tensor(model, layer.node.inputs[0].name)
     ys = sampler.target_tensor(orig_layer_out) if with_targets else None
     counts = patches_mod.positions_per_batch(n_total, len(xs))
@@ -147,14 +149,23 @@ def sample_layer(sampler, model: onnx.ModelProto, layer: layers.Layer, rng, n_to
         pos = patches_mod.distinct_positions(rng, out_shape, n, matmul=layer.op != "Conv")
         patches.append(_layer_patches(layer, x, pos))
         if ys is not None:
-            y = ys[i]
-            if layer.op == "Conv":  # y[b, :, *spatial] for each sampled position -> (n, n_out)
-                t = y[(pos[:, 0], slice(None), *(pos[:, j] for j in range(1, pos.shape[1])))]
-            else:
-                t = y.reshape(-1, y.shape[-1])[pos[:, 0]]
-            targets.append(t if out_keep is None else t[:, out_keep])
+            t = _rows_at(layer, ys[i], pos)
+            t = t if out_keep is None else t[:, out_keep]
+            if minus is not None:
+                r = _rows_at(layer, minus[i], pos) if minus[i].shape[:1] == ys[i].shape[:1] else None
+                if r is None or r.shape != t.shape:
+                    raise ValueError(f"residual of shape {minus[i].shape} does not match the targets")
+                t = t - r
+            targets.append(t)
     p = np.concatenate(patches)
     return p, (np.concatenate(targets) if targets else None)
+
+
+def _rows_at(layer: layers.Layer, y: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """y's channel vectors (n, n_out) at the sampled output positions."""
+    if layer.op == "Conv":  # y[b, :, *spatial] for each sampled position
+        return y[(pos[:, 0], slice(None), *(pos[:, j] for j in range(1, pos.shape[1])))]
+    return y.reshape(-1, y.shape[-1])[pos[:, 0]]
 
 
 def _out_shape(layer: layers.Layer, x: np.ndarray) -> tuple[int, ...]:
@@ -346,9 +357,8 @@ def _refit(state: _State, sampler, name: str, settings: Settings, input_dims, rn
     layer = analysis.find(name)
     node = layer.node
     fit_bias = layer.op != "MatMul"
-    patches, targets = sample_layer(sampler, state.model, layer, rng, settings.num_reconstruction_samples,
-                                    True, node.outputs[0].name, state.out_keep.get(name))
     # Targets come from the original model, whose output tensor has the same name.
+    patches, targets = _refit_samples(state, sampler, layer, settings, rng)
     if not (np.isfinite(patches).all() and np.isfinite(targets).all()):
         log.warning("layer '%s': its calibration inputs or outputs hold NaN or Inf values; not refit", name)
         return False
@@ -375,6 +385,25 @@ def _refit(state: _State, sampler, name: str, settings: Settings, input_dims, rn
             ir.append_input(node, bias, ir.unique_name(f"{name}.bias", taken))
     _snapshot(state)
     return underdetermined
+
+
+def _refit_samples(state: _State, sampler, layer: layers.Layer, settings: Settings, rng):
+    """Patches and targets for `layer`'s refit: toward the original residual stream less the
+    current residual when the layer writes into one (stream.py), else its own outputs."""
+    node, keep, n = layer.node, state.out_keep.get(layer.name), settings.num_reconstruction_samples
+    target = stream.stream_target(state.analysis.graph, node)
+    if target is not None:
+        state_rng = rng.bit_generator.state
+        try:
+            residual = sampler.current_tensor(state.model, target.residual)
+            patches, targets = sample_layer(sampler, state.model, layer, rng, n, True, target.total, keep,
+                                            minus=residual)
+        except ValueError as exc:
+            log.info("layer '%s': refit toward its own outputs (%s)", layer.name, exc)
+            rng.bit_generator.state = state_rng
+        else:
+            return patches, targets if target.bias is None else targets - target.bias  # bias: current width
+    return sample_layer(sampler, state.model, layer, rng, n, True, node.outputs[0].name, keep)
 
 
 def _snapshot(state: _State, refresh: bool = False) -> None:
