@@ -92,9 +92,11 @@ class Outputs:
         self._staged: list[tuple[Path, Path]] = []  # (staging folder, final folder)
         self._finals: dict[Path, str] = {}
 
-    def add(self, path: str | os.PathLike | None, what: str, *, companions: tuple[str, ...] = ()) -> Path | None:
+    def add(self, path: str | os.PathLike | None, what: str, *, companions: tuple[str, ...] = (),
+            stage: bool = True) -> Path | None:
         """Check and stage one output; None for None. `companions`: suffixes of files
-        written beside it (".data"), checked too."""
+        written beside it (".data"), checked too. `stage=False`: checked only, written in
+        place as the run goes (a checkpoint that must survive an interrupt)."""
         if path is None:
             return None
         path = check_writable(path, what)
@@ -107,6 +109,8 @@ class Outputs:
             if name != path and name.is_dir():
                 raise ParameterError(f"{what} path {path}: {name} (written beside it) is a folder")
             self._finals[final] = what
+        if not stage:
+            return path
         parent = path.parent if str(path.parent) else Path(".")
         stage = Path(tempfile.mkdtemp(prefix=".onnx_compress_out_", dir=parent))
         self._staged.append((stage, parent))

@@ -41,7 +41,8 @@ def _outputs(args) -> files.Outputs:
 
                 report.check_path(path)
             companions = (".data",) if flag == "output" and args.command in ("compress", "quantize") else ()
-            args.staged[flag] = outs.add(path, what, companions=companions)
+            # the eval-score file is a checkpoint, written as scores arrive: a rerun resumes from it
+            args.staged[flag] = outs.add(path, what, companions=companions, stage=flag != "scores_out")
     except BaseException:
         outs.discard()
         raise

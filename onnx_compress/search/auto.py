@@ -24,7 +24,7 @@ from ..schemes import Context, Scheme
 from ..schemes.base import apply_with_trainer
 from ..stats import CompressionStats, SkippedLayer, per_layer_rows
 from . import config as config_mod
-from . import dictionary, finalists, latency, scores_io
+from . import checkpoint, dictionary, finalists, latency, scores_io
 
 log = logging.getLogger(__name__)
 
@@ -251,15 +251,35 @@ def _dictionary(r: _Run, current, units):
     scheme_key = job.scheme.table_key(r.ctx)
     if job.search.saved_eval_scores_dict is not None:
         table = scores_io.load(job.search.saved_eval_scores_dict)
+        scores_io.check_matches(table, digest, scheme_key, job.grid, job.keys, [])
+        _check_complete(table, units, job.search.saved_eval_scores_dict)
         scores_io.check_matches(table, digest, scheme_key, job.grid, job.keys, [u.name for u in units])
         scores = dictionary.from_table(table)
         scores.loaded_from = str(job.search.saved_eval_scores_dict)
     else:
+        keep = None
+        if job.search.scores_out is not None:  # written as scores arrive; a rerun resumes from it
+            keep = checkpoint.Checkpoint(job.search.scores_out, digest, scheme_key, job.grid, job.keys)
+            keep.load([u.name for u in units])
         scores = dictionary.build_dictionary(current, units, job.eval.callback, job.eval.iterations,
-                                             job.eval.use_cuda, workers=job.search.workers, progress=job.search.progress)
+                                             job.eval.use_cuda, workers=job.search.workers, progress=job.search.progress,
+                                             checkpoint=keep)
     if job.search.scores_out is not None:
         scores_io.save(dictionary.to_table(scores, digest, scheme_key, job.grid, job.keys), job.search.scores_out)
     return scores
+
+
+def _check_complete(table, units, source) -> None:
+    """ParameterError when a reused table lacks a candidate's score (an interrupted run's file)."""
+    if table.meta.get("complete") is not False:
+        return
+    for u in units:
+        missing = [c.key for c in u.candidates if scores_io.format_ratio(c.key) not in table.scores.get(u.name, {})]
+        if missing:
+            raise ParameterError(
+                f"eval-score file {source} has no score for layer '{u.name}' at ratio(s) "
+                f"{', '.join(scores_io.format_ratio(k) for k in missing)}: it is incomplete (an interrupted run's); "
+                "pass it as scores_out (--scores-out) instead to resume that run and evaluate the missing ones")
 
 
 def _latency_measure(scheme: Scheme, current, dims, timer):
@@ -325,6 +345,7 @@ def _stats(r: _Run, out, chosen, scores, resolution, total, timed, measure, anal
         "scores": {u: {scores_io.format_ratio(k): v for k, v in s.items()} for u, s in scores.scores.items()},
         "chosen": {u: opt.ratio for u, opt in chosen.choices.items()},
         "expected_score": chosen.expected_score, "evaluations": scores.evaluations,
+        "resumed": scores.meta.get("resumed", 0),
         "dictionary_seconds": scores.seconds, "eval_seconds": scores.eval_seconds,
         "session_seconds": scores.session_seconds, "loaded_from": scores.loaded_from,
         "fixed": dict(resolution.fixed), "verified": list(scores.verified),

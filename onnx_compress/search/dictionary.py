@@ -31,6 +31,7 @@ from .. import runtime
 from ..errors import ParameterError
 from ..schemes.base import Unit
 from . import scores_io, solve
+from .checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -65,55 +66,115 @@ def tar_levels(n: int) -> list[float]:
 
 
 # ------------------------------------------------------------------------------ scoring
-def build_dictionary(proto: onnx.ModelProto, units: list[Unit], eval_callback, iterations, use_cuda: bool,
-                     workers: int = 1, progress: Callable | None = None, prefix_cache: bool = True) -> Dictionary:
-    """Score the model and every candidate of every unit (a unit alone compressed).
+class LocalScorer:
+    """Scores the baseline and (unit, candidate) tasks in this process.
 
-    With `prefix_cache`, the baseline evaluation records the activations each unit's
-    suffix needs, and candidates run only the part of the model after the changed
-    layers (runtime.PrefixCache); the results are the same.
+    Sessions come from one runtime.WeightSwapper of the model (the candidate's weights
+    swapped in) or, with `prefix_cache`, from runtime.PrefixCache: the baseline records the
+    activations each unit's suffix needs, and a candidate runs only the part of the model
+    after its changed layers (the same scores). `map` runs tasks on `workers` threads.
     """
-    weights = {u.name: list(u.weights) for u in units}
-    names = sorted({n for ws in weights.values() for n in ws})
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if workers > 1 else None
-    swapper = runtime.WeightSwapper(proto, names, use_cuda, threads=threads)
-    cache = runtime.PrefixCache(proto, weights, use_cuda, threads) if prefix_cache else None
-    t0 = time.perf_counter()
-    timing = {"eval": 0.0, "session": 0.0}
 
-    def score(make_session) -> float:
+    def __init__(self, proto: onnx.ModelProto, units: list[Unit], eval_callback, iterations, use_cuda: bool,
+                 workers: int = 1, prefix_cache: bool = True):
+        weights = {u.name: list(u.weights) for u in units}
+        names = sorted({n for ws in weights.values() for n in ws})
+        threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if workers > 1 else None
+        self.swapper = runtime.WeightSwapper(proto, names, use_cuda, threads=threads)
+        self.cache = runtime.PrefixCache(proto, weights, use_cuda, threads) if prefix_cache else None
+        self.callback, self.iterations, self.use_cuda, self.workers = eval_callback, iterations, use_cuda, workers
+        self.timing = {"eval": 0.0, "session": 0.0}
+
+    def _score(self, make_session) -> float:
         t = time.perf_counter()
         sess = make_session()
         t1 = time.perf_counter()
-        value = eval_callback(sess, iterations, use_cuda)
-        timing["session"] += t1 - t
-        timing["eval"] += time.perf_counter() - t1
+        value = self.callback(sess, self.iterations, self.use_cuda)
+        self.timing["session"] += t1 - t
+        self.timing["eval"] += time.perf_counter() - t1
         return float(value)
 
-    progress_mod.update("eval-score dictionary", 0, sum(len(u.candidates) for u in units))
-    baseline = score(cache.recording_session if cache else swapper.session)
-    tasks = [(u, c) for u in units for c in u.candidates]
-    results: dict[str, dict[float, float]] = {u.name: {} for u in units}
+    def baseline(self) -> float:
+        return self._score(self.cache.recording_session if self.cache else self.swapper.session)
 
-    def run(task):
+    def _run(self, task) -> tuple[str, float, float]:
         unit, cand = task
         overrides = unit.preview(cand)
 
         def full():
-            return swapper.session(overrides)
+            return self.swapper.session(overrides)
 
-        make = (lambda: cache.candidate(unit.name, overrides, full)) if cache else full
-        return unit.name, cand.key, score(make)
+        make = (lambda: self.cache.candidate(unit.name, overrides, full)) if self.cache else full
+        return unit.name, cand.key, self._score(make)
 
-    mapper = ThreadPoolExecutor(workers).map if workers > 1 else map
-    for done, (name, key, value) in enumerate(mapper(run, tasks), start=1):
-        results[name][key] = value
-        if progress:
-            progress(done, len(tasks))
-        progress_mod.update("eval-score dictionary", done, len(tasks))
+    def map(self, tasks):
+        """(unit name, candidate key, score) per task, in task order, as they complete."""
+        if self.workers == 1:
+            yield from map(self._run, tasks)
+            return
+        with ThreadPoolExecutor(self.workers) as pool:
+            yield from pool.map(self._run, tasks)
+
+
+def build_dictionary(proto: onnx.ModelProto, units: list[Unit], eval_callback, iterations, use_cuda: bool,
+                     workers: int = 1, progress: Callable | None = None, prefix_cache: bool = True,
+                     checkpoint: Checkpoint | None = None, scorer=None) -> Dictionary:
+    """Score the model and every candidate of every unit (a unit alone compressed).
+
+    `scorer`: what evaluates (default a LocalScorer with `workers` threads and the
+    `prefix_cache`). With a `checkpoint`, the scores it already holds are not evaluated
+    again (a resumed run), each new score goes to it as it arrives, and it is flushed
+    however the run ends (an error or Ctrl-C included).
+    """
+    tasks, results = _resume(units, checkpoint)
+    if checkpoint is not None and not tasks and checkpoint.baseline is not None:  # nothing left to evaluate
+        return Dictionary(baseline=checkpoint.baseline, scores=results, meta={"resumed": checkpoint.resumed})
+    t0 = time.perf_counter()
+    try:
+        scorer = scorer or LocalScorer(proto, units, eval_callback, iterations, use_cuda, workers, prefix_cache)
+        progress_mod.update("eval-score dictionary", 0, len(tasks))
+        baseline = _baseline(scorer.baseline(), checkpoint)
+        for done, (name, key, value) in enumerate(scorer.map(tasks), start=1):
+            results[name][key] = value
+            if checkpoint is not None:
+                checkpoint.record(name, key, value)
+            if progress:
+                progress(done, len(tasks))
+            progress_mod.update("eval-score dictionary", done, len(tasks))
+    finally:
+        if checkpoint is not None:
+            checkpoint.flush()
+    timing = getattr(scorer, "timing", {})
     return Dictionary(baseline=baseline, scores=results, evaluations=len(tasks) + 1,
-                      seconds=time.perf_counter() - t0, eval_seconds=timing["eval"],
-                      session_seconds=timing["session"])
+                      seconds=time.perf_counter() - t0, eval_seconds=timing.get("eval", 0.0),
+                      session_seconds=timing.get("session", 0.0),
+                      meta={"resumed": checkpoint.resumed} if checkpoint is not None and checkpoint.resumed else {})
+
+
+def _resume(units: list[Unit], checkpoint: Checkpoint | None):
+    """The (unit, candidate) tasks still to evaluate, and the results the checkpoint holds."""
+    results: dict[str, dict[float, float]] = {u.name: {} for u in units}
+    tasks = []
+    for u in units:
+        held = checkpoint.scores.get(u.name, {}) if checkpoint is not None else {}
+        for c in u.candidates:
+            if c.key in held:
+                results[u.name][c.key] = held[c.key]
+            else:
+                tasks.append((u, c))
+    return tasks, results
+
+
+def _baseline(value: float, checkpoint: Checkpoint | None) -> float:
+    """This run's baseline score, or a resumed checkpoint's (which the resumed scores go with)."""
+    if checkpoint is None:
+        return value
+    if checkpoint.baseline is None:
+        checkpoint.set_baseline(value)
+    elif not np.isclose(checkpoint.baseline, value, rtol=1e-9, atol=0.0):
+        log.warning("the resumed baseline score %r differs from this run's %r: the evaluation is not "
+                    "deterministic; the resumed dictionary keeps its own", checkpoint.baseline, value)
+    return checkpoint.baseline
 
 
 # ---------------------------------------------------------------------------- selection
