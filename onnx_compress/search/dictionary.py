@@ -75,9 +75,9 @@ class LocalScorer:
     after its changed layers (the same scores). `map` runs tasks on `workers` threads.
     """
 
-    def __init__(self, proto: onnx.ModelProto, units: list[Unit], eval_callback, iterations, use_cuda: bool,
-                 workers: int = 1, prefix_cache: bool = True):
-        weights = {u.name: list(u.weights) for u in units}
+    def __init__(self, proto: onnx.ModelProto, weights: dict[str, list[str]], eval_callback, iterations,
+                 use_cuda: bool, workers: int = 1, prefix_cache: bool = True):
+        """`weights`: unit name -> the initializers its candidates replace."""
         names = sorted({n for ws in weights.values() for n in ws})
         threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if workers > 1 else None
         self.swapper = runtime.WeightSwapper(proto, names, use_cuda, threads=threads)
@@ -97,15 +97,17 @@ class LocalScorer:
     def baseline(self) -> float:
         return self._score(self.cache.recording_session if self.cache else self.swapper.session)
 
-    def _run(self, task) -> tuple[str, float, float]:
-        unit, cand = task
-        overrides = unit.preview(cand)
+    def score(self, unit: str, overrides: dict) -> float:
+        """The score of the model with `overrides` (name -> same-shaped array) swapped in at `unit`."""
 
         def full():
             return self.swapper.session(overrides)
 
-        make = (lambda: self.cache.candidate(unit.name, overrides, full)) if self.cache else full
-        return unit.name, cand.key, self._score(make)
+        return self._score((lambda: self.cache.candidate(unit, overrides, full)) if self.cache else full)
+
+    def _run(self, task) -> tuple[str, float, float]:
+        unit, cand = task
+        return unit.name, cand.key, self.score(unit.name, unit.preview(cand))
 
     def map(self, tasks):
         """(unit name, candidate key, score) per task, in task order, as they complete."""
@@ -131,7 +133,8 @@ def build_dictionary(proto: onnx.ModelProto, units: list[Unit], eval_callback, i
         return Dictionary(baseline=checkpoint.baseline, scores=results, meta={"resumed": checkpoint.resumed})
     t0 = time.perf_counter()
     try:
-        scorer = scorer or LocalScorer(proto, units, eval_callback, iterations, use_cuda, workers, prefix_cache)
+        scorer = scorer or LocalScorer(proto, unit_weights(units), eval_callback, iterations, use_cuda, workers,
+                                       prefix_cache)
         progress_mod.update("eval-score dictionary", 0, len(tasks))
         baseline = _baseline(scorer.baseline(), checkpoint)
         for done, (name, key, value) in enumerate(scorer.map(tasks), start=1):
@@ -149,6 +152,11 @@ def build_dictionary(proto: onnx.ModelProto, units: list[Unit], eval_callback, i
                       seconds=time.perf_counter() - t0, eval_seconds=timing.get("eval", 0.0),
                       session_seconds=timing.get("session", 0.0),
                       meta={"resumed": checkpoint.resumed} if checkpoint is not None and checkpoint.resumed else {})
+
+
+def unit_weights(units: list[Unit]) -> dict[str, list[str]]:
+    """Unit name -> the initializers its candidates replace."""
+    return {u.name: list(u.weights) for u in units}
 
 
 def _resume(units: list[Unit], checkpoint: Checkpoint | None):
