@@ -19,6 +19,7 @@ Needs matplotlib (tools/requirements.txt) for the plot.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -35,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ANCHOR = ROOT.parent / "shared" / "anchors"
+# ONNX_COMPRESS_ANCHORS: another copy of the anchor folder (tools/gpu_check.sh carries one to a GPU machine)
+ANCHOR = Path(os.environ.get("ONNX_COMPRESS_ANCHORS", ROOT.parent / "shared" / "anchors"))
 BEGIN, END = "<!-- bench_anchor:begin -->", "<!-- bench_anchor:end -->"
 PLOT = "anchor_accuracy_vs_mac.png"
 AIMET = {  # (achieved MAC ratio, accuracy, seconds or None): ../shared/anchors/README.md
