@@ -275,10 +275,10 @@ def test_prefix_cache_recording_session_returns_only_the_model_outputs():
     assert cache.lookup("u3", feed) is not None  # the boundary was still recorded
 
 
-def test_prefix_cache_over_its_memory_budget_stores_nothing():
+def test_prefix_cache_over_its_memory_and_disk_budgets_stores_nothing():
     model = b.cnn_model()
     feed = _feed()
-    cache = runtime.PrefixCache(model, {"u3": ["conv3.weight"]}, max_bytes=0)
+    cache = runtime.PrefixCache(model, {"u3": ["conv3.weight"]}, max_bytes=0, disk_bytes=0)
     np.testing.assert_array_equal(cache.recording_session().run(None, feed)[0], b.run(model, feed)[0])
     assert cache.used == 0 and cache.lookup("u3", feed) is None
     full = runtime.session(model)

@@ -26,12 +26,15 @@ class WeightSwapper:
     """
 
     def __init__(self, model: onnx.ModelProto, names: list[str], use_cuda: bool = False,
-                 threads: int | None = None):
+                 threads: int | None = None, values: dict | None = None):
+        """`values`: arrays to use for some of `names` instead of the model's own (shared,
+        not copied; the prefix cache's suffix models carry no weight data of their own)."""
         inits = {t.name: t for t in model.graph.initializer}
         missing = [n for n in names if n not in inits]
         if missing:
             raise CompressionError(f"cannot swap {missing}: not initializers of the main graph")
-        self.values = {n: ir.to_array(inits[n]) for n in names}
+        values = values or {}
+        self.values = {n: values[n] if n in values else ir.to_array(inits[n]) for n in names}
         prepared = onnx.ModelProto()
         prepared.CopyFrom(model)
         for t in prepared.graph.initializer:
@@ -96,12 +99,15 @@ def _same_feed(a: dict, b: dict) -> bool:
     return True
 
 
-def suffix_model(model: onnx.ModelProto, start_nodes: set[str]) -> tuple[onnx.ModelProto, list[str]] | None:
+def suffix_model(model: onnx.ModelProto, start_nodes: set[str],
+                 inferred: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, list[str]] | None:
     """The part of `model` that depends on the nodes `start_nodes`, and its boundary inputs.
 
     Boundary: tensors the suffix reads that the rest of the graph (or the graph inputs)
     computes, plus graph outputs the suffix does not reach. None when the graph has
     subgraph nodes in the suffix or the extraction fails (callers use the full model).
+    `inferred`: `model` with its shapes inferred, when the caller has it (one inference
+    for many suffixes).
     """
     import onnx.utils
 
@@ -127,7 +133,7 @@ def suffix_model(model: onnx.ModelProto, start_nodes: set[str]) -> tuple[onnx.Mo
     boundary = sorted({i for n in nodes for i in n.input if i and i not in produced and i not in inits})
     boundary += [o.name for o in graph.output if o.name not in produced and o.name not in boundary]
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = inferred if inferred is not None else onnx.shape_inference.infer_shapes(model)
         sub = onnx.utils.Extractor(inferred).extract_model(boundary, [o.name for o in graph.output])
     except Exception:
         return None
@@ -182,6 +188,30 @@ class _SuffixSession(_FullModelView):
         return self._session.run(keys, boundary, run_options)
 
 
+def _skeleton(model: onnx.ModelProto, min_elements: int = 64) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """`model` without the data of its main-graph float initializers of `min_elements` or
+    more (marked external, as WeightSwapper hands them to ONNX Runtime), and those arrays.
+
+    Every suffix model is cut from the skeleton, so the cache holds the weights once, not
+    once per unit (a ResNet-50-class model's 53 suffixes held 2.6 GB of copies)."""
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    arrays = {}
+    for t in skeleton.graph.initializer:
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE) \
+                and int(np.prod(t.dims, dtype=np.int64)) >= min_elements:
+            arrays[t.name] = ir.to_array(t)
+            nbytes = arrays[t.name].nbytes
+            for field in ("raw_data", "float_data", "double_data", "int32_data"):
+                t.ClearField(field)
+            del t.external_data[:]
+            for key, value in (("location", "onnx_compress.swap"), ("offset", "0"), ("length", str(nbytes))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+            t.data_location = onnx.TensorProto.EXTERNAL
+    return skeleton, arrays
+
+
 class PrefixCache:
     """Scores candidates by running only the part of the model after the changed layers.
 
@@ -189,14 +219,26 @@ class PrefixCache:
     feed the evaluator uses, every unit's boundary tensors (the activations its suffix
     reads). A candidate session then runs the unit's suffix model with the candidate
     weights swapped in, fed from that cache; outputs are those of the full candidate
-    model. Feeds the baseline did not see fall back to the full model. Units whose
-    cached activations would pass `max_bytes` in total are not cached.
+    model. Feeds the baseline did not see fall back to the full model.
+
+    Memory is bounded: the feeds and activations go to a runtime.store.TieredStore, in
+    memory up to `max_bytes` (default an eighth of the available memory), then to files up
+    to `disk_bytes` (default half the free temporary space); a boundary tensor stored
+    nowhere is recomputed from its feed when a candidate needs it, and a feed stored
+    nowhere runs the full candidate model. The suffix models share one copy of the weights.
     """
 
     def __init__(self, model: onnx.ModelProto, units: dict[str, list[str]], use_cuda: bool = False,
-                 threads: int | None = None, max_bytes: int = 2 * 2**30):
+                 threads: int | None = None, max_bytes: int | None = None, disk_bytes: int | None = None):
+        from .store import TieredStore
+
         self.use_cuda, self.threads = use_cuda, threads
         self.model_outputs = [o.name for o in model.graph.output]
+        skeleton, self.shared = _skeleton(model)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(skeleton)
+        except Exception:
+            inferred = skeleton
         consumers = {}
         for node in model.graph.node:
             for i in node.input:
@@ -204,35 +246,57 @@ class PrefixCache:
         self.plans: dict[str, tuple] = {}
         for unit, weights in units.items():
             starts = set().union(*(consumers.get(w, set()) for w in weights)) if weights else set()
-            plan = suffix_model(model, starts) if starts else None
+            plan = suffix_model(skeleton, starts, inferred) if starts else None
             if plan is not None:
                 self.plans[unit] = plan
+        del skeleton, inferred
         self.needed = sorted({b for _, boundary in self.plans.values() for b in boundary})
         self.recorder_session = session(model, use_cuda, threads, extra_outputs=self.needed)
         # the model's own outputs come first; the recorded extras follow them
         self.inputs = self.recorder_session.get_inputs()
         self.outputs = self.recorder_session.get_outputs()[:len(self.model_outputs)]
-        self.max_bytes, self.used = max_bytes, 0
-        self.store_by_feed: dict[tuple, list[tuple[dict, dict]]] = {}
+        self.store_ = TieredStore(max_bytes, disk_bytes)
+        self.feeds: dict[tuple, list[int]] = {}  # feed fingerprint -> ids of the stored feeds
+        self._feed_names: dict[int, list[str]] = {}
+        self.recomputed = 0  # boundary tensors recomputed (stored nowhere)
         self.swappers: dict[str, WeightSwapper] = {}
+
+    @property
+    def used(self) -> int:
+        """Bytes stored (memory and disk)."""
+        return self.store_.memory_used + self.store_.disk_used
 
     def recording_session(self) -> _Recorder:
         return _Recorder(self, self.recorder_session)
 
+    def _find(self, feed: dict) -> int | None:
+        for fid in self.feeds.get(_feed_key(feed), ()):
+            stored = {k: self.store_.get(("feed", fid, k)) for k in self._feed_names[fid]}
+            if all(v is not None for v in stored.values()) and _same_feed(stored, feed):
+                return fid
+        return None
+
     def store(self, feed: dict, values: dict[str, np.ndarray]) -> None:
-        size = sum(v.nbytes for k, v in values.items() if k in self.needed)
-        if self.used + size > self.max_bytes:
+        if self._find(feed) is not None:
             return
-        self.used += size
-        entries = self.store_by_feed.setdefault(_feed_key(feed), [])
-        copy = {k: np.array(v, copy=True) for k, v in feed.items()}  # the caller may reuse its buffers
-        entries.append((copy, {k: values[k] for k in self.needed}))
+        fid = len(self._feed_names)
+        if not all(self.store_.put(("feed", fid, k), v) for k, v in feed.items()):
+            return  # the feed itself fits nowhere: candidates on it run the full model
+        self._feed_names[fid] = list(feed)
+        self.feeds.setdefault(_feed_key(feed), []).append(fid)
+        for name in self.needed:
+            self.store_.put((fid, name), values[name])
 
     def lookup(self, unit: str, feed: dict) -> dict | None:
-        for stored, values in self.store_by_feed.get(_feed_key(feed), ()):
-            if _same_feed(stored, feed):
-                return {k: values[k] for k in self.plans[unit][1]}
-        return None
+        fid = self._find(feed)
+        if fid is None:
+            return None
+        found = {k: self.store_.get((fid, k)) for k in self.plans[unit][1]}
+        missing = [k for k, v in found.items() if v is None]
+        if missing:  # stored nowhere: recompute them from the feed
+            self.recomputed += len(missing)
+            found.update(zip(missing, self.recorder_session.run(missing, feed)))
+        return found
 
     def candidate(self, unit: str, overrides: dict, fallback) -> object:
         """A session-like object for the model with `overrides` swapped in at `unit`."""
@@ -240,8 +304,12 @@ class PrefixCache:
             return fallback()
         if unit not in self.swappers:
             sub = self.plans[unit][0]
-            names = [n for n in overrides if n in {t.name for t in sub.graph.initializer}]
-            self.swappers[unit] = WeightSwapper(sub, names, self.use_cuda, self.threads)
+            names = [t.name for t in sub.graph.initializer if t.name in self.shared or t.name in overrides]
+            self.swappers[unit] = WeightSwapper(sub, names, self.use_cuda, self.threads, values=self.shared)
         swapper = self.swappers[unit]
         sess = swapper.session({k: v for k, v in overrides.items() if k in swapper.values})
         return _SuffixSession(self, unit, sess, fallback)
+
+    def close(self) -> None:
+        """Free the stored activations and delete their files."""
+        self.store_.close()

@@ -345,7 +345,7 @@ def _stats(r: _Run, out, chosen, scores, resolution, total, timed, measure, anal
         "scores": {u: {scores_io.format_ratio(k): v for k, v in s.items()} for u, s in scores.scores.items()},
         "chosen": {u: opt.ratio for u, opt in chosen.choices.items()},
         "expected_score": chosen.expected_score, "evaluations": scores.evaluations,
-        "resumed": scores.meta.get("resumed", 0),
+        "resumed": scores.meta.get("resumed", 0), "peak_rss_mb": scores.peak_rss_mb, "cache": dict(scores.cache),
         "dictionary_seconds": scores.seconds, "eval_seconds": scores.eval_seconds,
         "session_seconds": scores.session_seconds, "loaded_from": scores.loaded_from,
         "fixed": dict(resolution.fixed), "verified": list(scores.verified),

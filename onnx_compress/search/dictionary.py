@@ -29,6 +29,7 @@ import onnx
 from .. import progress as progress_mod
 from .. import runtime
 from ..errors import ParameterError
+from ..runtime.store import peak_rss_bytes
 from ..schemes.base import Unit
 from . import scores_io, solve
 from .checkpoint import Checkpoint
@@ -49,6 +50,8 @@ class Dictionary:
     loaded_from: str | None = None
     meta: dict = field(default_factory=dict)
     verified: list = field(default_factory=list)  # finalists scored on the real combined model
+    cache: dict = field(default_factory=dict)  # the prefix cache's memory, disk and recomputations
+    peak_rss_mb: float = 0.0  # the process's peak resident memory when the dictionary was done
 
 
 def candidate_keys(n: int) -> list[float]:
@@ -76,14 +79,18 @@ class LocalScorer:
     """
 
     def __init__(self, proto: onnx.ModelProto, weights: dict[str, list[str]], eval_callback, iterations,
-                 use_cuda: bool, workers: int = 1, prefix_cache: bool = True):
-        """`weights`: unit name -> the initializers its candidates replace."""
+                 use_cuda: bool, workers: int = 1, prefix_cache: bool = True, cache_mb: float | None = None):
+        """`weights`: unit name -> the initializers its candidates replace. `cache_mb`: the
+        prefix cache's memory budget (default an eighth of the available memory; beyond it,
+        files, then recomputation: runtime.PrefixCache)."""
         names = sorted({n for ws in weights.values() for n in ws})
         threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if workers > 1 else None
         self.swapper = runtime.WeightSwapper(proto, names, use_cuda, threads=threads)
-        self.cache = runtime.PrefixCache(proto, weights, use_cuda, threads) if prefix_cache else None
+        budget = None if cache_mb is None else int(cache_mb * 2**20)
+        self.cache = runtime.PrefixCache(proto, weights, use_cuda, threads, max_bytes=budget) if prefix_cache else None
         self.callback, self.iterations, self.use_cuda, self.workers = eval_callback, iterations, use_cuda, workers
         self.timing = {"eval": 0.0, "session": 0.0}
+        self.stats: dict = {}
 
     def _score(self, make_session) -> float:
         t = time.perf_counter()
@@ -109,6 +116,11 @@ class LocalScorer:
         unit, cand = task
         return unit.name, cand.key, self.score(unit.name, unit.preview(cand))
 
+    def close(self) -> None:
+        if self.cache is not None:
+            self.stats = {**self.cache.store_.stats(), "recomputed": self.cache.recomputed}
+            self.cache.close()
+
     def map(self, tasks):
         """(unit name, candidate key, score) per task, in task order, as they complete."""
         if self.workers == 1:
@@ -120,7 +132,7 @@ class LocalScorer:
 
 def build_dictionary(proto: onnx.ModelProto, units: list[Unit], eval_callback, iterations, use_cuda: bool,
                      workers: int = 1, progress: Callable | None = None, prefix_cache: bool = True,
-                     checkpoint: Checkpoint | None = None, scorer=None) -> Dictionary:
+                     checkpoint: Checkpoint | None = None, scorer=None, cache_mb: float | None = None) -> Dictionary:
     """Score the model and every candidate of every unit (a unit alone compressed).
 
     `scorer`: what evaluates (default a LocalScorer with `workers` threads and the
@@ -134,7 +146,7 @@ def build_dictionary(proto: onnx.ModelProto, units: list[Unit], eval_callback, i
     t0 = time.perf_counter()
     try:
         scorer = scorer or LocalScorer(proto, unit_weights(units), eval_callback, iterations, use_cuda, workers,
-                                       prefix_cache)
+                                       prefix_cache, cache_mb)
         progress_mod.update("eval-score dictionary", 0, len(tasks))
         baseline = _baseline(scorer.baseline(), checkpoint)
         for done, (name, key, value) in enumerate(scorer.map(tasks), start=1):
@@ -147,11 +159,14 @@ def build_dictionary(proto: onnx.ModelProto, units: list[Unit], eval_callback, i
     finally:
         if checkpoint is not None:
             checkpoint.flush()
+        if scorer is not None and hasattr(scorer, "close"):
+            scorer.close()
     timing = getattr(scorer, "timing", {})
     return Dictionary(baseline=baseline, scores=results, evaluations=len(tasks) + 1,
                       seconds=time.perf_counter() - t0, eval_seconds=timing.get("eval", 0.0),
                       session_seconds=timing.get("session", 0.0),
-                      meta={"resumed": checkpoint.resumed} if checkpoint is not None and checkpoint.resumed else {})
+                      meta={"resumed": checkpoint.resumed} if checkpoint is not None and checkpoint.resumed else {},
+                      cache=dict(getattr(scorer, "stats", {})), peak_rss_mb=peak_rss_bytes() / 2**20)
 
 
 def unit_weights(units: list[Unit]) -> dict[str, list[str]]:

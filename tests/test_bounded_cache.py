@@ -1,0 +1,90 @@
+"""The prefix cache in bounded memory (issue 17 item 1): activations beyond the memory
+budget go to files, beyond the disk budget they are recomputed from the feed, and the
+scores stay exactly those of the whole-model evaluation in every case."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import builders as b
+import onnx_compress as oc
+from onnx_compress import ir, layers, runtime
+from onnx_compress.evaluators import accuracy
+from onnx_compress.runtime.store import TieredStore, peak_rss_bytes
+from onnx_compress.search import dictionary as greedy
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def test_tiered_store_memory_then_disk_then_nothing():
+    a = np.arange(100, dtype=np.float32)  # 400 bytes
+    store = TieredStore(memory_bytes=500, disk_bytes=900)
+    assert store.put("a", a) == "memory"
+    a[0] = -1.0  # the caller's buffer changes: the stored copy does not
+    assert store.put("b", a) == "disk" and store.put("c", a) == "disk"
+    assert store.put("d", a) is None and store.dropped == 1
+    assert store.get("a")[0] == 0.0 and store.get("b")[0] == -1.0 and store.get("d") is None
+    assert (store.memory_used, store.disk_used) == (400, 800)
+    folder = store._folder.name
+    assert len(list(Path(folder).glob("*.npy"))) == 2
+    store.close()
+    assert not Path(folder).exists() and store.get("b") is None
+
+
+def test_suffix_models_share_one_copy_of_the_weights():
+    model = ir.load(MODELS / "resnet_small.onnx")
+    units = {l.name: [l.node.inputs[1].name] for l in layers.analyze(model).compressible}
+    cache = runtime.PrefixCache(model, units)
+    weights = sum(ir.to_array(t).nbytes for t in model.graph.initializer)
+    shared = sum(a.nbytes for a in cache.shared.values())
+    held = sum(sub.ByteSize() for sub, _ in cache.plans.values())
+    assert len(cache.plans) >= 8 and shared >= 0.95 * weights
+    consumers = {i: n.name for n in model.graph.node for i in n.input}
+    copies = sum(runtime.suffix_model(model, {consumers[w[0]]})[0].ByteSize() for w in units.values())
+    assert held < copies / 3  # suffix graphs without weight data (that is in cache.shared, once)
+
+
+def _feeds(n=4, batch=8):
+    return [{"x": np.random.default_rng(i).standard_normal((batch, 1, 12, 12)).astype(np.float32)} for i in range(n)]
+
+
+@pytest.mark.parametrize("memory,disk", [(None, None), (3000, None), (0, 0), (20000, 0)])
+def test_candidates_equal_the_full_model_at_every_budget(memory, disk):
+    model = b.cnn_model()
+    cache = runtime.PrefixCache(model, {"u3": ["conv3.weight"], "ufc": ["fc.weight"]}, threads=1,
+                                max_bytes=memory, disk_bytes=disk)
+    recorder = cache.recording_session()
+    feeds = _feeds()
+    for feed in feeds:
+        recorder.run(None, feed)
+    new = np.random.default_rng(7).standard_normal((16, 16, 1, 1)).astype(np.float32)
+    full = runtime.WeightSwapper(model, ["conv3.weight"]).session({"conv3.weight": new})
+    cand = cache.candidate("u3", {"conv3.weight": new}, lambda: full)
+    for feed in feeds:
+        np.testing.assert_array_equal(cand.run(None, feed)[0], full.run(None, feed)[0])
+    s = cache.store_
+    assert s.memory_used <= s.memory_bytes
+    if memory == 3000:
+        assert s.disk_used > 0 and cache.recomputed == 0
+    if (memory, disk) == (20000, 0):  # feeds fit, some boundaries do not: recomputed from the feed
+        assert cache.recomputed > 0
+    cache.close()
+
+
+def test_dictionary_in_a_small_cache_equals_the_uncached_one():
+
+    proto = ir.load(MODELS / "resnet_small.onnx")
+    analysis = layers.analyze(proto)
+    names = [l.name for l in analysis.compressible]
+    keys = greedy.candidate_keys(3)
+    units, _ = oc.schemes.SCHEMES["weight_svd"].units(analysis.proto, analysis, names, keys,
+                                                      oc.schemes.Context("mac", 1, analysis.input_dims))
+    test = np.load(MODELS / "digits32_test.npz")
+    ev = accuracy({"input": test["input"][:96], "labels": test["labels"][:96]}, batch_size=32)
+    small = greedy.build_dictionary(proto, units, ev, None, False, cache_mb=0.5)
+    full = greedy.build_dictionary(proto, units, ev, None, False, prefix_cache=False)
+    assert small.scores == full.scores and small.baseline == full.baseline
+    assert small.cache["memory_mb"] <= 0.5 and small.cache["disk_mb"] > 0
+    assert small.peak_rss_mb * 2**20 == pytest.approx(peak_rss_bytes(), rel=0.5)
