@@ -114,14 +114,20 @@ def _fill_ties(tables: Sequence[_Table], picks: list[int], slack: int) -> list[i
     return picks
 
 
-def frontier_picks(tables: Sequence[_Table], budget: int, max_states: int, tol: float) -> tuple[list[int], bool]:
+def frontier_picks(tables: Sequence[_Table], budget: int, max_states: int, tol: float, merge: bool = True,
+                   prune: tuple[float, np.ndarray, float] | None = None) -> tuple[list[int], bool] | None:
     """The option index per layer of the least-loss state within `budget`, and whether the
     frontier stayed exact (see solve.solve_knapsack for the tie rules and the bound).
 
     Layer by layer, the frontier is extended (`_extend`) up to the budget less the cheapest
     options of the layers still to come; past `max_states` ties are given up first
-    (`_strict`), then states merged into cost buckets (`_merge`). Choices are rebuilt from
-    back-pointers.
+    (`_strict`), then states merged into cost buckets (`_merge`), or, with `merge` False,
+    None is returned at once (the caller solves the problem another way). Choices are
+    rebuilt from back-pointers.
+
+    `prune` = (lam, floors (L,), limit): after layer k, states with
+    loss + lam * cost - floors[k] > limit are dropped (a Lagrangian bound that the caller
+    has shown no optimal or tied selection exceeds; see search/milp.py).
     """
     mins = [int(t.cost.min()) for t in tables]
     rest = [sum(mins[k + 1:]) for k in range(len(tables))]
@@ -131,9 +137,15 @@ def frontier_picks(tables: Sequence[_Table], budget: int, max_states: int, tol: 
     for k, table in enumerate(tables):
         cap = budget - rest[k]
         cost, loss, rsum, parent, option = _extend(cost, loss, rsum, table, cap, tol)
+        if prune is not None:
+            bound = loss + prune[0] * cost.astype(np.float64) - prune[1][k]
+            kept = np.flatnonzero((bound <= prune[2]) | (bound == bound.min()))
+            cost, loss, rsum, parent, option = cost[kept], loss[kept], rsum[kept], parent[kept], option[kept]
         if len(cost) > max_states:  # first give up ties, then exactness
             kept = _strict(loss, tol)
             if len(kept) > max_states:
+                if not merge:
+                    return None
                 kept = kept[_merge(cost[kept], cap, max_states)]
                 exact = False
             cost, loss, rsum, parent, option = cost[kept], loss[kept], rsum[kept], parent[kept], option[kept]

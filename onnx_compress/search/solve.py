@@ -15,12 +15,14 @@ and selections are ranked by the additive model of the model's score:
 Two solvers:
 
 * `solve_knapsack`: exact multiple-choice knapsack (dynamic programming over a Pareto
-  frontier of (cost, loss) states); optimal for the additive model.
+  frontier of (cost, loss) states; at scale after reduced-cost fixing, with a MILP where
+  the frontier would grow too large); optimal for the additive model.
 * `solve_threshold`: AIMET's greedy method, kept for comparison: bisection on one global
   score threshold; it often stops well below the target.
 
 This module checks the problem and the budget; the solvers' array internals (the
-knapsack's frontier, the threshold's per-layer rule) are in search/knapsack.py.
+knapsack's frontier, the threshold's per-layer rule) are in search/knapsack.py, the
+knapsack at scale in search/milp.py.
 """
 from __future__ import annotations
 
@@ -34,9 +36,11 @@ import numpy as np
 
 from ..cost import as_fraction, check_ratio
 from ..errors import ParameterError
-from .knapsack import _fill_ties, _pick_at_threshold, _table, frontier_picks
+from .knapsack import _fill_ties, _pick_at_threshold, _Table, _table, frontier_picks
+from .milp import large_picks
 
-DEFAULT_MAX_STATES = 20000
+DEFAULT_MAX_STATES = 20000  # the frontier DP's states before the exact solve moves to the MILP
+DP_MAX_OPTIONS = 128  # problems with more options (all layers together) go to search/milp.py first
 THRESHOLD_ITERATIONS = 50
 TIE_TOLERANCE = 1e-12  # losses closer than this (times the loss scale) tie: float sums differ in the last bits
 _INT64_LIMIT = 2 ** 62  # costs, sums and budgets stay below this: exact in int64 arithmetic
@@ -66,7 +70,8 @@ class Selection:
 
     `cost`: the whole model's cost after compression (fixed cost included); `total`: the
     original model's cost. `expected_score`: the additive model's score. `exact`: False
-    when the knapsack bounded its frontier by merging states (see `solve_knapsack`).
+    when the knapsack bounded its frontier by merging states (an explicit max_states) or
+    its MILP could not prove the optimum (see `solve_knapsack`).
     """
 
     choices: dict[str, Option]
@@ -249,8 +254,18 @@ def _selection(layers: Sequence[LayerOptions], picks: Sequence[int], fixed_cost:
 
 # ---------------------------------------------------------------------------- knapsack
 
+def _exact_picks(tables: Sequence[_Table], budget: int, tol: float) -> tuple[list[int], bool]:
+    """Picks by the plain frontier DP on small problems, else (or where it would have to
+    bound its frontier) by reduced-cost fixing, a pruned DP and the MILP (search/milp.py)."""
+    if sum(len(t.cost) for t in tables) <= DP_MAX_OPTIONS:
+        found = frontier_picks(tables, budget, DEFAULT_MAX_STATES, tol, merge=False)
+        if found is not None:
+            return found
+    return large_picks(tables, budget, tol, DEFAULT_MAX_STATES)
+
+
 def solve_knapsack(layers: Sequence[LayerOptions], fixed_cost: int, total: int, target, baseline: float,
-                   *, max_states: int = DEFAULT_MAX_STATES, metric: str | None = None) -> Selection:
+                   *, max_states: int | None = None, metric: str | None = None) -> Selection:
     """Best selection under the budget by exact multiple-choice knapsack.
 
     Dynamic programming over the layers keeps the Pareto frontier of (cost, loss) states,
@@ -262,24 +277,35 @@ def solve_knapsack(layers: Sequence[LayerOptions], fixed_cost: int, total: int, 
     to the target, then to the higher sum of per-layer ratios; for that, states of equal
     loss and higher cost are kept on the frontier.
 
-    The frontier is bounded by `max_states`. Past it, ties are first given up (equal-loss
-    states of higher cost dropped; the score stays optimal, and at the end equal-loss
-    options are swapped in, greedily in layer order, while budget is left). If that is not
-    enough, states are merged into cost buckets of width w = ceil((cap + 1) / max_states)
-    (about budget / max_states), keeping the lowest-loss state of each, and Selection.exact
-    is False: the result is then approximate, at least as good as the exact optimum for
-    the budget less one bucket width for each layer at which states were merged. The
-    budget is never exceeded.
+    Past DEFAULT_MAX_STATES states, ties are first given up (equal-loss states of higher
+    cost dropped; the score stays optimal, and at the end equal-loss options are swapped
+    in, greedily in layer order, while budget is left).
+
+    With `max_states` None (the default) the result is exact at any size: problems of
+    more than DP_MAX_OPTIONS options, and any whose frontier would still pass
+    DEFAULT_MAX_STATES, go to search/milp.py (reduced-cost fixing from the LP relaxation,
+    the same DP over the layers left, and a MILP solved by HiGHS where that DP too would
+    have to bound). Selection.exact is then False only if HiGHS cannot prove the optimum.
+
+    An integer `max_states` bounds the plain DP instead (an approximation on request):
+    past it and past giving up ties, states are merged into cost buckets of width
+    w = ceil((cap + 1) / max_states) (about budget / max_states), keeping the lowest-loss
+    state of each, and Selection.exact is False: the result is then at least as good as
+    the exact optimum for the budget less one bucket width for each layer at which states
+    were merged. The budget is never exceeded.
 
     `metric` ("mac" or "memory") only names the cost in error messages.
     """
     _check_problem(layers, fixed_cost, total, baseline)
-    if not _is_int(max_states) or max_states < 1:
-        raise ParameterError(f"max_states must be an integer >= 1, got {max_states!r}")
+    if max_states is not None and (not _is_int(max_states) or max_states < 1):
+        raise ParameterError(f"max_states must be an integer >= 1 or None, got {max_states!r}")
     budget = _budget(layers, fixed_cost, total, target, metric)
     tables = [_table(layer, baseline) for layer in layers]
     tol = TIE_TOLERANCE * max(1.0, sum(float(np.abs(t.loss).max()) for t in tables))
-    picks, exact = frontier_picks(tables, budget, max_states, tol)
+    if max_states is None:
+        picks, exact = _exact_picks(tables, budget, tol)
+    else:
+        picks, exact = frontier_picks(tables, budget, max_states, tol)
     picks = _fill_ties(tables, picks, budget - sum(int(t.cost[j]) for t, j in zip(tables, picks)))
     return _selection(layers, picks, fixed_cost, total, baseline, "knapsack", exact)
 
