@@ -257,3 +257,16 @@ def test_an_unproven_milp_keeps_a_verified_selection_and_says_so(monkeypatch):
     monkeypatch.undo()
     best = solve_knapsack(layers, fixed, total, 0.5, BASELINE)
     assert best.exact and best.expected_score >= sel.expected_score - 1e-12
+
+
+def test_highs_prints_nothing_on_stdout(capfd):
+    """HiGHS writes stray lines to file descriptor 1 from C++ (on this instance,
+    'HighsMipSolverData::transformNewIntegerFeasibleSolution ...'): silenced, and the
+    process's own output before and after still comes out."""
+    layers, fixed, total = realistic(500, 0)
+    tables = [_table(la, BASELINE) for la in layers]
+    print("before", flush=True)
+    picks, exact = milp.milp_picks(tables, budget_of(total, 0.3) - fixed, 1e-12 * 500)
+    print("after", flush=True)
+    assert exact
+    assert capfd.readouterr().out == "before\nafter\n"

@@ -35,7 +35,12 @@ sum cost * x <= budget, minimising sum loss * x. Steps:
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
+import os
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -48,6 +53,7 @@ OBJECTIVE_SCALE = 1e4  # any selection's scaled loss is <= this: HiGHS's absolut
 MAX_CUTS = 16  # selections over the budget cut off before giving up exactness
 FLOAT_MARGIN = 1e-9  # relative margin on the reduced-cost limit: float error never drops an optimal option
 _INT64_SAFE = 2 ** 62  # every cost difference of one layer's options is below this
+_STDOUT_LOCK = threading.Lock()  # one redirection of file descriptor 1 at a time
 
 
 # ---------------------------------------------------------------------------- LP relaxation
@@ -188,8 +194,44 @@ def _highs(model: _Model, objective: np.ndarray, rows: list[np.ndarray], rhs: li
     n = len(model.row)
     one = csr_array((np.ones(n), (model.row, np.arange(n))), shape=(model.layers, n))
     constraints = [LinearConstraint(one, 1, 1), LinearConstraint(np.vstack(rows), -np.inf, np.array(rhs))]
-    return milp(objective, integrality=np.ones(n), bounds=Bounds(0, 1), constraints=constraints,
-                options={"mip_rel_gap": 0.0, "time_limit": MILP_TIME_LIMIT})
+    with _quiet_stdout():
+        return milp(objective, integrality=np.ones(n), bounds=Bounds(0, 1), constraints=constraints,
+                    options={"mip_rel_gap": 0.0, "time_limit": MILP_TIME_LIMIT})
+
+
+def _flush_c_stdio() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).fflush(None)
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """File descriptor 1 to /dev/null for the block: HiGHS prints lines such as
+    'HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();' from C++
+    whatever its options say. Python's and C's buffers are flushed on the way in and out
+    (so nothing written before is lost, and nothing HiGHS buffered comes out later); the
+    lock keeps threads from interleaving redirections. Where fd 1 cannot be duplicated
+    (closed), the block runs as is."""
+    with _STDOUT_LOCK:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        try:
+            saved = os.dup(1)
+        except OSError:
+            yield
+            return
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                _flush_c_stdio()
+                os.dup2(null, 1)
+            finally:
+                os.close(null)
+            yield
+        finally:
+            _flush_c_stdio()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _chosen(model: _Model, x) -> np.ndarray | None:
