@@ -88,3 +88,50 @@ def test_dictionary_in_a_small_cache_equals_the_uncached_one():
     assert small.scores == full.scores and small.baseline == full.baseline
     assert small.cache["memory_mb"] <= 0.5 and small.cache["disk_mb"] > 0
     assert small.peak_rss_mb * 2**20 == pytest.approx(peak_rss_bytes(), rel=0.5)
+
+
+def test_sampler_in_a_small_budget_gives_the_same_tensors_and_stays_in_it():
+    from onnx_compress.options import Settings
+    from onnx_compress.runtime.activations import Activations, Sampler
+
+    model = ir.load(MODELS / "resnet_small.onnx")
+    settings = Settings(data=str(MODELS / "digits32_calib.npz"))
+    feeds = Activations(settings).feeds(model)
+    names = [n.input[0] for n in model.graph.node if n.op_type == "Conv"]
+    free = Sampler(model, feeds, settings, budget=2**40)
+    free.prefetch(names)
+    one = sum(a.nbytes for a in free.original_tensor(names[0]))
+    small = Sampler(model, feeds, settings, budget=3 * one)
+    small.prefetch(names)
+    for name in names:
+        got = small.original_tensor(name)
+        held = sum(a.nbytes for v in small._orig_cache.values() for a in v)
+        biggest = max(sum(a.nbytes for a in free.original_tensor(n)) for n in names)
+        assert held <= max(3 * one, biggest)
+        for a, b_ in zip(got, free.original_tensor(name)):
+            np.testing.assert_array_equal(a, b_)
+    assert len(small._orig_cache) < len(names)
+
+
+def test_channel_pruning_in_a_small_sampler_budget_writes_the_same_model(monkeypatch):
+    from onnx_compress.runtime import store
+
+    from onnx_compress.runtime.activations import Sampler
+
+    held = []
+    real = Sampler._fill_original
+
+    def spy(self, names):
+        real(self, names)
+        held.append((len(self._orig_cache), sum(a.nbytes for v in self._orig_cache.values() for a in v)))
+
+    monkeypatch.setattr(Sampler, "_fill_original", spy)
+    model = ir.load(MODELS / "resnet_small.onnx")
+    kw = dict(data=str(MODELS / "digits32_calib.npz"), num_reconstruction_samples=300)
+    out, _ = oc.compress(model, "channel_pruning", 0.5, **kw)
+    assert max(n for n, _ in held) > 4  # every layer's input stays cached in the default budget
+    held.clear()
+    monkeypatch.setattr(store, "default_memory_bytes", lambda: 200_000)  # less than one tensor
+    small, _ = oc.compress(model, "channel_pruning", 0.5, **kw)
+    assert held and max(n for n, _ in held) == 1  # one tensor at a time
+    assert small.SerializeToString() == out.SerializeToString()

@@ -7,6 +7,8 @@ one) with the tensors a layer needs exposed as outputs, caching the original's.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import onnx
 
@@ -50,11 +52,18 @@ class Sampler:
     """Runs the original and the current model on calibration batches, with the tensors a
     layer needs exposed as outputs; caches the original model's activations."""
 
-    def __init__(self, original: onnx.ModelProto, feeds, settings: Settings):
+    def __init__(self, original: onnx.ModelProto, feeds, settings: Settings, budget: int | None = None):
+        """`budget`: bytes of cached original tensors (default an eighth of the available
+        memory): past it the least recently used go, a prefetch keeps what fits and the
+        rest is computed, a fitting chunk at a time, when it is first read."""
+        from .store import default_memory_bytes
+
         self.original = original
         self.feeds = feeds
         self.settings = settings
-        self._orig_cache: dict[str, list[np.ndarray]] = {}
+        self.budget = default_memory_bytes() if budget is None else int(budget)
+        self._orig_cache: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+        self._pending: list[str] = []  # prefetched names that did not fit, in their order
         self.reference = settings.reference
         self._ref_names = _tensor_names(settings.reference) if settings.reference is not None else set()
         self._ref_cache: dict[str, list[np.ndarray]] = {}
@@ -68,12 +77,31 @@ class Sampler:
         return self.original_tensor(name)
 
     def prefetch(self, names) -> None:
-        """Compute the original model's tensors `names` in one pass over the batches."""
-        self._fill(self._orig_cache, self.original, names)
+        """Compute the original model's tensors `names` in one pass over the batches (as
+        many of them as the budget holds; the rest when first read, in chunks)."""
+        self._pending = [n for n in dict.fromkeys(names) if n not in self._orig_cache]
+        self._fill_original(self._pending)
 
     def original_tensor(self, name: str) -> list[np.ndarray]:
-        self._fill(self._orig_cache, self.original, [name])
+        if name not in self._orig_cache:
+            rest = self._pending[self._pending.index(name):] if name in self._pending else [name]
+            self._fill_original(rest)
+        self._orig_cache.move_to_end(name)
         return self._orig_cache[name]
+
+    def _fill_original(self, names: list[str]) -> None:
+        """The first of `names` and as many following ones as fit the budget, then evict."""
+        names = [n for n in names if n not in self._orig_cache]
+        if not names:
+            return
+        got = self._run(self.original, names, self.budget)
+        self._orig_cache.update(got)
+        self._pending = [n for n in self._pending if n not in self._orig_cache]
+        used = sum(_nbytes(v) for v in self._orig_cache.values())
+        for old in list(self._orig_cache):
+            if used <= self.budget or old in got:
+                continue
+            used -= _nbytes(self._orig_cache.pop(old))
 
     def current_tensor(self, model: onnx.ModelProto, name: str) -> list[np.ndarray]:
         if model is self.original:
@@ -85,15 +113,31 @@ class Sampler:
         if missing:
             cache.update(self._run(model, missing))
 
-    def _run(self, model: onnx.ModelProto, names: list[str]) -> dict[str, list[np.ndarray]]:
-        """Tensors `names` of `model` on every batch, from one session and one run per batch."""
+    def _run(self, model: onnx.ModelProto, names: list[str], budget: int | None = None) -> dict[str, list[np.ndarray]]:
+        """Tensors `names` of `model` on every batch, from one session and one run per batch.
+
+        With a `budget`, the first batch's sizes pick the longest prefix of `names` whose
+        tensors over all batches fit it (at least one name), and only those are kept."""
         sess = runtime.session(model, self.settings.use_cuda, extra_outputs=names)
         runs = []
         for i, feed in enumerate(self.feeds):
             progress_mod.update("sampling activations", i, len(self.feeds))
-            runs.append(sess.run(names, feed))
+            out = sess.run(names, feed)
+            if i == 0 and budget is not None:
+                total, keep = 0, 0
+                for arr in out:
+                    total += arr.nbytes * len(self.feeds)
+                    if keep and total > budget:
+                        break
+                    keep += 1
+                names, out = names[:keep], out[:keep]
+            runs.append(out)
         progress_mod.update("sampling activations", len(self.feeds), len(self.feeds))
         return {name: [r[k] for r in runs] for k, name in enumerate(names)}
+
+
+def _nbytes(arrays: list[np.ndarray]) -> int:
+    return sum(a.nbytes for a in arrays)
 
 
 def _tensor_names(model: onnx.ModelProto) -> set[str]:
