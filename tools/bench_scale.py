@@ -169,25 +169,28 @@ def _wrap_dictionary(dictionary, probe: Probe, sampler: Sampler, held: dict) -> 
             try:
                 return eval_callback(session, iterations, use_cuda)
             finally:
-                if calls["n"] == last:  # the dictionary's objects are all alive here
-                    held["account"] = account(held)
+                if calls["n"] == last:  # the dictionary's objects are all alive here: kept, counted after
+                    held["rss_at_last_candidate"] = rss_bytes()
+                    held["alive"] = {k: [r() for r in held.get(k, []) if r() is not None] for k in ("PrefixCache",
+                                                                                                    "WeightSwapper")}
 
         sampler.enter("dictionary set-up (swapper, prefix cache)")
         held["units"] = len(units)
         t, c = time.perf_counter(), time.process_time()
         result = build(proto, units, probe.timed("eval callback", callback), *args, **kwargs)
         probe.add("build_dictionary", time.perf_counter() - t, time.process_time() - c)
+        held["account"] = account(held.pop("alive", {}), held.get("rss_at_last_candidate", 0))
         held["dictionary"] = result
         sampler.enter("after the dictionary (selection, final compression)")
         return result
     dictionary.build_dictionary = wrapper
 
 
-def account(held: dict) -> dict:
-    """Bytes the dictionary's objects hold in Python, and the RSS beside them."""
-    out = {"rss_at_last_candidate": rss_bytes()}
-    alive = {k: [r() for r in held.get(k, []) if r() is not None] for k in ("PrefixCache", "WeightSwapper")}
-    for cache in alive["PrefixCache"]:
+def account(alive: dict, rss: int) -> dict:
+    """Bytes the dictionary's objects held in Python at its last candidate (counted after the
+    dictionary, outside its timing), and the RSS then."""
+    out = {"rss_at_last_candidate": rss}
+    for cache in alive.get("PrefixCache", []):
         stored = getattr(cache, "store_by_feed", {})
         plans = getattr(cache, "plans", {})
         out.update(cache_activation_bytes=int(getattr(cache, "used", 0)),
@@ -195,7 +198,7 @@ def account(held: dict) -> dict:
                    cache_feed_copy_bytes=int(sum(a.nbytes for v in stored.values() for f, _ in v for a in f.values())),
                    cache_boundary_tensors=len(getattr(cache, "needed", ())), suffix_models=len(plans),
                    suffix_model_proto_bytes=int(sum(p[0].ByteSize() for p in plans.values())))
-    swappers = alive["WeightSwapper"]
+    swappers = alive.get("WeightSwapper", [])
     out["swappers"] = len(swappers)
     out["swapper_model_bytes"] = int(sum(len(s.model_bytes) for s in swappers if isinstance(s.model_bytes, bytes)))
     out["swapper_value_bytes"] = int(sum(v.nbytes for s in swappers for v in getattr(s, "values", {}).values()))
