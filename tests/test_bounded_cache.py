@@ -135,3 +135,23 @@ def test_channel_pruning_in_a_small_sampler_budget_writes_the_same_model(monkeyp
     small, _ = oc.compress(model, "channel_pruning", 0.5, **kw)
     assert held and max(n for n, _ in held) == 1  # one tensor at a time
     assert small.SerializeToString() == out.SerializeToString()
+
+
+def test_release_frees_what_no_other_unit_reads_and_recomputed_tensors_are_kept():
+    model = b.cnn_model()
+    cache = runtime.PrefixCache(model, {"u3": ["conv3.weight"], "ufc": ["fc.weight"]}, threads=1)
+    recorder = cache.recording_session()
+    feeds = _feeds(2)
+    for feed in feeds:
+        recorder.run(None, feed)
+    def held():
+        return {k[1] for k in cache.store_._memory if k[0] != "feed"}
+
+    assert held() == {"r2", "flat"}
+    cache.release("u3")
+    assert held() == {"flat"}
+    assert "u3" not in cache.plans
+    cache.store_.delete((0, "flat"))  # as if it had not fitted: recomputed once, then kept
+    cache.lookup("ufc", feeds[0])
+    cache.lookup("ufc", feeds[0])
+    assert cache.recomputed == 1

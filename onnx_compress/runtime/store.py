@@ -107,6 +107,21 @@ class TieredStore:
             entry = self._disk.get(key)
         return None if entry is None else np.load(entry[0], allow_pickle=False)
 
+    def delete(self, key) -> None:
+        """Forget `key` (its memory or file is freed)."""
+        with self._lock:
+            if key in self._memory:
+                self.memory_used -= self._memory.pop(key).nbytes
+                return
+            entry = self._disk.pop(key, None)
+            if entry is not None:
+                self.disk_used -= entry[1]
+        if entry is not None:
+            try:
+                os.remove(entry[0])
+            except OSError:
+                pass
+
     def __contains__(self, key) -> bool:
         return key in self._memory or key in self._disk
 

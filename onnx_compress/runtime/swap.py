@@ -293,10 +293,24 @@ class PrefixCache:
             return None
         found = {k: self.store_.get((fid, k)) for k in self.plans[unit][1]}
         missing = [k for k, v in found.items() if v is None]
-        if missing:  # stored nowhere: recompute them from the feed
+        if missing:  # not stored: recompute them from the feed, and keep them if there is room now
             self.recomputed += len(missing)
-            found.update(zip(missing, self.recorder_session.run(missing, feed)))
+            for name, value in zip(missing, self.recorder_session.run(missing, feed)):
+                found[name] = value
+                self.store_.put((fid, name), value)
         return found
+
+    def release(self, unit: str) -> None:
+        """`unit` has no candidates left: free the boundary tensors no other unit reads."""
+        plan = self.plans.pop(unit, None)
+        self.swappers.pop(unit, None)
+        if plan is None:
+            return
+        still = {b for _, boundary in self.plans.values() for b in boundary}
+        for name in plan[1]:
+            if name not in still:
+                for fid in self._feed_names:
+                    self.store_.delete((fid, name))
 
     def candidate(self, unit: str, overrides: dict, fallback) -> object:
         """A session-like object for the model with `overrides` swapped in at `unit`."""

@@ -14,10 +14,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -122,12 +124,16 @@ class LocalScorer:
             self.cache.close()
 
     def map(self, tasks):
-        """(unit name, candidate key, score) per task, in task order, as they complete."""
-        if self.workers == 1:
-            yield from map(self._run, tasks)
-            return
-        with ThreadPoolExecutor(self.workers) as pool:
-            yield from pool.map(self._run, tasks)
+        """(unit name, candidate key, score) per task, in task order, as they complete; the
+        prefix cache frees a unit's activations once its last task is done."""
+        left = Counter(unit.name for unit, _ in tasks)
+        results = map(self._run, tasks) if self.workers == 1 else None
+        with ThreadPoolExecutor(self.workers) if self.workers > 1 else contextlib.nullcontext() as pool:
+            for result in results if pool is None else pool.map(self._run, tasks):
+                left[result[0]] -= 1
+                if self.cache is not None and left[result[0]] == 0:
+                    self.cache.release(result[0])
+                yield result
 
 
 def build_dictionary(proto: onnx.ModelProto, units: list[Unit], eval_callback, iterations, use_cuda: bool,
