@@ -163,7 +163,7 @@ class _Recorder(_FullModelView):
         self._cache, self._session = cache, session
 
     def run(self, output_names, input_feed, run_options=None):
-        wanted = list(dict.fromkeys(list(self._cache.model_outputs) + self._cache.recorded))
+        wanted = list(dict.fromkeys(list(self._cache.model_outputs) + self._cache.needed))
         values = self._session.run(wanted, input_feed, run_options)
         by_name = dict(zip(wanted, values))
         self._cache.store(input_feed, by_name)
@@ -212,38 +212,6 @@ def _skeleton(model: onnx.ModelProto, min_elements: int = 64) -> tuple[onnx.Mode
     return skeleton, arrays
 
 
-RECORD_SHARE = 128  # the baseline records boundaries of at most budget / RECORD_SHARE bytes per image
-
-
-def _per_image_bytes(inferred: onnx.ModelProto) -> dict[str, int | None]:
-    """Bytes per batch item of each tensor whose inferred shape is static past axis 0."""
-    out = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        t = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        if dims and all(d is not None for d in dims[1:]) and t.elem_type:
-            size = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
-            out[vi.name] = int(np.prod(dims[1:], dtype=np.int64)) * size
-    return out
-
-
-def _recorded(plans: dict, inferred: onnx.ModelProto, per_image_budget: int) -> list[str]:
-    """The boundary tensors the baseline records: those of the units in order while their
-    bytes per image stay within `per_image_budget` (so that one recording run of a 64-image
-    batch stays within half the memory budget); the others are computed for their unit
-    when its first candidate runs (one prefix run per unit instead of one per candidate)."""
-    sizes = _per_image_bytes(inferred)
-    chosen, total = [], 0
-    for _, boundary in plans.values():
-        extra = [b for b in boundary if b not in chosen]
-        cost = sum(sizes.get(b) or per_image_budget + 1 for b in extra)
-        if total + cost > per_image_budget:
-            continue
-        chosen += extra
-        total += cost
-    return sorted(chosen)
-
-
 class PrefixCache:
     """Scores candidates by running only the part of the model after the changed layers.
 
@@ -255,17 +223,14 @@ class PrefixCache:
 
     Memory is bounded: the feeds and activations go to a runtime.store.TieredStore, in
     memory up to `max_bytes` (default an eighth of the available memory), then to files up
-    to `disk_bytes` (default half the free temporary space). The baseline records only as
-    many boundaries as keep its run within budget (`_recorded`); the others, and any that
-    fit nowhere, are computed from the feed when a unit's candidate first needs them, and
-    kept while there is room; a unit's tensors are freed when it is done (`release`). A
-    feed stored nowhere runs the full candidate model. The suffix models share one copy of
-    the weights.
+    to `disk_bytes` (default half the free temporary space); a boundary tensor stored
+    nowhere is recomputed from its feed when a candidate needs it, and a feed stored
+    nowhere runs the full candidate model. The suffix models share one copy of the weights.
     """
 
     def __init__(self, model: onnx.ModelProto, units: dict[str, list[str]], use_cuda: bool = False,
                  threads: int | None = None, max_bytes: int | None = None, disk_bytes: int | None = None):
-        from .store import TieredStore, default_memory_bytes
+        from .store import TieredStore
 
         self.use_cuda, self.threads = use_cuda, threads
         self.model_outputs = [o.name for o in model.graph.output]
@@ -284,9 +249,8 @@ class PrefixCache:
             plan = suffix_model(skeleton, starts, inferred) if starts else None
             if plan is not None:
                 self.plans[unit] = plan
-        self.needed = sorted({b for _, boundary in self.plans.values() for b in boundary})
-        self.recorded = _recorded(self.plans, inferred, (default_memory_bytes() if max_bytes is None else max_bytes) // RECORD_SHARE)
         del skeleton, inferred
+        self.needed = sorted({b for _, boundary in self.plans.values() for b in boundary})
         self.recorder_session = session(model, use_cuda, threads, extra_outputs=self.needed)
         # the model's own outputs come first; the recorded extras follow them
         self.inputs = self.recorder_session.get_inputs()
@@ -320,7 +284,7 @@ class PrefixCache:
             return  # the feed itself fits nowhere: candidates on it run the full model
         self._feed_names[fid] = list(feed)
         self.feeds.setdefault(_feed_key(feed), []).append(fid)
-        for name in self.recorded:
+        for name in self.needed:
             self.store_.put((fid, name), values[name])
 
     def lookup(self, unit: str, feed: dict) -> dict | None:
