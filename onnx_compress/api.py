@@ -21,6 +21,7 @@ from .options import Calibration, Latency, Search, Settings, as_flat, gather, re
 from .schemes import SCHEMES, Scheme
 from .schemes import get as get_scheme, mix_of
 from .schemes.base import UNCHANGED, apply_with_trainer
+from .search import ray_scorer
 from .search.auto import context, reasons, require_eligible
 from .stats import CompressionStats, describe_parameters, per_layer_rows
 
@@ -353,6 +354,8 @@ def compress_auto(model, scheme: str | list[str], target: float, eval_callback: 
     `verify_finalists` (SVD schemes): score the selections of both objectives and of the
     threshold method on the real combined model (a few more evaluations) and keep the best.
     `visualization`: path of an HTML report to write (see onnx_compress.report).
+    `executor="ray"`: the dictionary on Ray workers (`ray_address`, `ray_workers`, `ray_cpus`,
+    `ray_gpus`; see options.Search and search.ray_scorer), the same scores as locally.
 
     Latency (onnx_compress.search.latency): every unit's original layer and candidates are timed
     alone with ONNX Runtime on the chosen provider (`use_cuda`) at `latency_batch_size`
@@ -387,6 +390,7 @@ def compress_auto(model, scheme: str | list[str], target: float, eval_callback: 
     if eval_callback is None:
         raise ParameterError("auto mode needs an eval_callback (or the CLI's --eval) to score candidates")
     _check_search(search, step)
+    ray_scorer.check_options(search, use_cuda, eval_callback)
     settings = _auto_settings(step, data, calibration, use_cuda)
     job = auto_mod.Job(
         scheme=step, target=target_q, metric=metric, eval=auto_mod.Eval(eval_callback, eval_iterations, use_cuda),

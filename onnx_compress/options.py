@@ -59,7 +59,11 @@ class Search:
     TAR levels with rank_select="tar"), the solver `method` ("knapsack" or "threshold"),
     `use_monotonic_fit`, `verify_finalists`, the layers (`config_list`, NNI style, and
     `modules_to_ignore`), saved scores (`saved_eval_scores_dict` to reuse, `scores_out` to
-    write), `workers` threads, a `trainer` called after each layer, `progress(done, total)`."""
+    write), `workers` threads, a `trainer` called after each layer, `progress(done, total)`.
+    `executor="ray"` scores the dictionary on Ray actors (search.ray_scorer): `ray_address`
+    (None: a local Ray instance; "auto" or "HOST:6379": a running cluster), `ray_workers`
+    actors (None: as many as the cluster holds), `ray_cpus` per actor (its intra-op
+    threads), `ray_gpus` per actor with use_cuda (default 1; a fraction shares a GPU)."""
 
     candidates: int = 10
     method: str = "knapsack"
@@ -73,6 +77,11 @@ class Search:
     workers: int = 1
     trainer: object = None
     progress: object = None
+    executor: str = "local"
+    ray_address: str | None = None
+    ray_workers: int | None = None
+    ray_cpus: int = 1
+    ray_gpus: float | None = None
 
 
 @dataclass(frozen=True)

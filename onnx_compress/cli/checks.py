@@ -65,7 +65,7 @@ def _schemes(text: str) -> list[str]:
 #: Whole-number flags and their smallest value (None: not given, the default applies).
 _COUNT_FLAGS = (("eval_iterations", "--eval-iterations", 1), ("candidates", "--candidates", 2),
                 ("samples", "--samples", 1), ("workers", "--workers", 1), ("latency_batch", "--latency-batch", 1),
-                ("calibration_batches", "--calibration-batches", 1), ("seed", "--seed", 0))
+                ("calibration_batches", "--calibration-batches", 1), ("seed", "--seed", 0), ("ray_cpus", "--ray-cpus", 1))
 
 
 def _check_flags(args) -> None:
@@ -74,6 +74,14 @@ def _check_flags(args) -> None:
         value = getattr(args, attr, None)
         if value is not None and value < low:
             raise ParameterError(f"{flag} must be an integer >= {low}, got {value}")
+    for attr, flag in (("ray_cpus", "--ray-cpus"), ("ray_gpus", "--ray-gpus")):
+        if getattr(args, attr, None) is not None and getattr(args, "ray", None) is None:
+            raise ParameterError(f"{flag} applies with --ray only")
+    if getattr(args, "ray", None) is not None and getattr(args, "target", None) is None:
+        raise ParameterError("--ray applies to auto mode (--target): it scores the eval-score dictionary")
+    gpus = getattr(args, "ray_gpus", None)
+    if gpus is not None and not (gpus > 0 and getattr(args, "cuda", False)):  # nan fails too
+        raise ParameterError(f"--ray-gpus must be a GPU share > 0 (e.g. 0.25) and needs --cuda, got {gpus}")
     target = getattr(args, "target", None)
     if target is not None and not 0 < target <= 1:  # nan fails too
         raise ParameterError(f"--target must be a cost ratio in (0, 1] (e.g. 0.5 = half the cost), got {target}")

@@ -120,7 +120,7 @@ def _compress_auto(args, outs: files.Outputs) -> int:
         args.model, args.scheme, args.target, callback, args.eval_iterations, cost_metric=args.metric,
         candidates=args.candidates, use_monotonic_fit=args.monotonic_fit, method=args.solver,
         rank_select=args.rank_select, modules_to_ignore=ignore, config_list=config,
-        saved_eval_scores_dict=args.scores_in, scores_out=args.staged.get("scores_out"), workers=args.workers,
+        saved_eval_scores_dict=args.scores_in, scores_out=args.staged.get("scores_out"), **_executor(args),
         multiplicity=args.multiplicity, input_shape=_parse_shapes(args.input_shape), use_cuda=args.cuda,
         data=args.data, num_reconstruction_samples=args.samples, selection=args.selection,
         reconstruct=not args.no_reconstruction, seed=args.seed, svd_refit=args.svd_refit,
@@ -143,6 +143,14 @@ def _compress_auto(args, outs: files.Outputs) -> int:
     if args.quantize or not args.quiet:
         _print_steps(steps, kind)
     return 0
+
+
+def _executor(args) -> dict:
+    """The dictionary's executor options: local threads, or --ray's workers."""
+    if args.ray is None:
+        return {"workers": args.workers or 1}
+    return {"executor": "ray", "ray_address": None if args.ray == "local" else args.ray,
+            "ray_workers": args.workers, "ray_cpus": args.ray_cpus or 1, "ray_gpus": args.ray_gpus}
 
 
 def cmd_quantize(args) -> int:

@@ -171,7 +171,17 @@ def _auto_options(com) -> None:
                       help="NNI-style config_list choosing the layers (op_types, op_names, exclude, ratio)")
     auto.add_argument("--scores-in", metavar="F.json", help="reuse a saved eval-score dictionary (no evaluations)")
     auto.add_argument("--scores-out", metavar="F.json", help="save the eval-score dictionary as JSON")
-    auto.add_argument("--workers", type=int, default=1, metavar="K", help="evaluate K candidates in parallel")
+    auto.add_argument("--workers", type=int, default=None, metavar="K",
+                      help="evaluate K candidates in parallel (default 1; with --ray: K Ray workers, default as "
+                           "many as the cluster holds)")
+    auto.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                      help="score the eval-score dictionary on Ray (pip install onnx_compress[ray]): without "
+                           "ADDRESS on a local Ray instance started for the run; 'auto' or HOST:6379: on a running "
+                           "cluster (`ray start --head`); the same scores as locally")
+    auto.add_argument("--ray-cpus", type=int, default=None, metavar="N",
+                      help="with --ray: CPUs per Ray worker, its ONNX Runtime threads (default 1)")
+    auto.add_argument("--ray-gpus", type=float, default=None, metavar="G",
+                      help="with --ray and --cuda: GPUs per Ray worker (default 1; 0.25 puts 4 workers on a GPU)")
     auto.add_argument("--eval-iterations", type=int, default=None, metavar="B",
                       help="evaluate on at most B batches of 64")
 

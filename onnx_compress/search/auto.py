@@ -24,7 +24,7 @@ from ..schemes import Context, Scheme
 from ..schemes.base import apply_with_trainer
 from ..stats import CompressionStats, SkippedLayer, per_layer_rows
 from . import config as config_mod
-from . import checkpoint, dictionary, finalists, latency, scores_io
+from . import checkpoint, dictionary, finalists, latency, ray_scorer, scores_io
 
 log = logging.getLogger(__name__)
 
@@ -261,9 +261,10 @@ def _dictionary(r: _Run, current, units):
         if job.search.scores_out is not None:  # written as scores arrive; a rerun resumes from it
             keep = checkpoint.Checkpoint(job.search.scores_out, digest, scheme_key, job.grid, job.keys)
             keep.load([u.name for u in units])
-        scores = dictionary.build_dictionary(current, units, job.eval.callback, job.eval.iterations,
-                                             job.eval.use_cuda, workers=job.search.workers, progress=job.search.progress,
-                                             checkpoint=keep)
+        with ray_scorer.open_scorer(job.search, current, units, job.eval) as scorer:  # None: local
+            scores = dictionary.build_dictionary(current, units, job.eval.callback, job.eval.iterations,
+                                                 job.eval.use_cuda, workers=job.search.workers,
+                                                 progress=job.search.progress, checkpoint=keep, scorer=scorer)
     if job.search.scores_out is not None:
         scores_io.save(dictionary.to_table(scores, digest, scheme_key, job.grid, job.keys), job.search.scores_out)
     return scores
