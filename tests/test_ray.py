@@ -18,18 +18,9 @@ import nets  # noqa: E402
 import onnx_compress as oc  # noqa: E402
 from onnx_compress.evaluators import fidelity  # noqa: E402
 from refs import cli  # noqa: E402
+from test_auto import wide_cnn  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
-
-
-def wide_cnn(seed=0):
-    """A chain of convs wide enough that every candidate ratio gives a distinct rank."""
-    n = nets.Net(seed)
-    x = n.node("Relu", [n.conv("x", 3, 16, name="c1")])
-    x = n.node("Relu", [n.conv(x, 16, 24, name="c2")])
-    x = n.node("Relu", [n.conv(x, 24, 32, name="c3")])
-    x = n.node("Relu", [n.conv(x, 32, 32, k=1, name="c4")])
-    return n.model(n.head(x, 32))
 
 
 class Fidelity:

@@ -16,6 +16,18 @@ from ..errors import CompressionError
 from .sessions import check_providers, options, providers, session
 
 
+def _mark_external(t: onnx.TensorProto, nbytes: int) -> None:
+    """Drop `t`'s data and mark it external: its values come with the session
+    (SessionOptions.add_external_initializers), not from the serialised model."""
+    for field in ("raw_data", "float_data", "double_data", "int32_data", "int64_data"):
+        t.ClearField(field)
+    del t.external_data[:]
+    for key, value in (("location", "onnx_compress.swap"), ("offset", "0"), ("length", str(nbytes))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    t.data_location = onnx.TensorProto.EXTERNAL
+
+
 class WeightSwapper:
     """Sessions of one model with some initializers replaced, without rebuilding it.
 
@@ -39,14 +51,7 @@ class WeightSwapper:
         prepared.CopyFrom(model)
         for t in prepared.graph.initializer:
             if t.name in self.values:
-                nbytes = self.values[t.name].nbytes
-                for field in ("raw_data", "float_data", "double_data", "int32_data", "int64_data"):
-                    t.ClearField(field)
-                del t.external_data[:]
-                for key, value in (("location", "onnx_compress.swap"), ("offset", "0"), ("length", str(nbytes))):
-                    entry = t.external_data.add()
-                    entry.key, entry.value = key, value
-                t.data_location = onnx.TensorProto.EXTERNAL
+                _mark_external(t, self.values[t.name].nbytes)
         self._folder = None  # file-backed models (over 2 GB): ORT reads a saved copy
         if ir.is_file_backed(prepared):
             self._folder = tempfile.TemporaryDirectory(prefix="onnx_compress_swap_")
@@ -201,14 +206,7 @@ def _skeleton(model: onnx.ModelProto, min_elements: int = 64) -> tuple[onnx.Mode
         if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE) \
                 and int(np.prod(t.dims, dtype=np.int64)) >= min_elements:
             arrays[t.name] = ir.to_array(t)
-            nbytes = arrays[t.name].nbytes
-            for field in ("raw_data", "float_data", "double_data", "int32_data"):
-                t.ClearField(field)
-            del t.external_data[:]
-            for key, value in (("location", "onnx_compress.swap"), ("offset", "0"), ("length", str(nbytes))):
-                entry = t.external_data.add()
-                entry.key, entry.value = key, value
-            t.data_location = onnx.TensorProto.EXTERNAL
+            _mark_external(t, arrays[t.name].nbytes)
     return skeleton, arrays
 
 
