@@ -47,7 +47,8 @@ def _calib(n=16, shape=(3, 16, 16), seed=1):
 # ------------------------------------------------------------------- 1. dependencies
 def test_every_third_party_import_is_declared():
     """onnxruntime 1.32 stopped installing sympy, which its symbolic shape inference imports."""
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"]
     names = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
     imported = set()
     for path in (ROOT / "onnx_compress").rglob("*.py"):
@@ -57,7 +58,10 @@ def test_every_third_party_import_is_declared():
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
     stdlib = set(__import__("sys").stdlib_module_names) | {"onnx_compress"}
-    optional = {"matplotlib"}  # the report extra
+    # the extras (report: matplotlib, ray: ray), imported only where their feature runs
+    extras = [d for group in project["optional-dependencies"].values() for d in group]
+    optional = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower() for d in extras} - {"pytest"}
+    assert {"matplotlib", "ray"} <= optional
     pip_name = {"onnx_graphsurgeon": "onnx-graphsurgeon"}
     third = {pip_name.get(m, m).lower() for m in imported - stdlib - optional if m != "__future__"}
     assert third <= names, f"imported but not declared: {sorted(third - names)}"

@@ -94,8 +94,9 @@ def quant_settings(args):
         other = "--precision" if args.command == "quantize" else "--quantize"
         raise ParameterError(f"{flag} calibrates on --data CALIB.npz; pass it, or quantize the weights only, "
                              f"without data: {other} int8-weight or {other} int4")
+    reduce_range = {"auto": None, "on": True, "off": False}[args.reduce_range]
     return QuantizeSettings(precision=precision, per_channel=not args.per_tensor, calibrate_method=args.calibration,
-                            max_batches=args.calibration_batches, reduce_range=args.reduce_range,
+                            max_batches=args.calibration_batches, reduce_range=reduce_range,
                             use_cuda=args.cuda, block_size=args.block_size, symmetric=not args.asymmetric,
                             accuracy_level=args.accuracy_level, int8_weight_format=args.int8_weight_format,
                             gemm_to_matmul=not args.keep_gemm).check()

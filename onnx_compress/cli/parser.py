@@ -246,9 +246,10 @@ def _quant_options(parser) -> None:
                        help="calibrate on at most B batches of 64 (default: all of --data)")
     group.add_argument("--per-tensor", action="store_true",
                        help="one scale per weight tensor instead of per output channel")
-    group.add_argument("--reduce-range", action="store_true",
-                       help="7-bit weights: avoids int8 saturation in ORT's kernels on x86 CPUs without "
-                            "VNNI (leave off for targets with real int8 arithmetic)")
+    group.add_argument("--reduce-range", nargs="?", choices=("auto", "on", "off"), const="on", default="auto",
+                       help="7-bit weights, which avoid the 16-bit saturation of ORT's int8 kernels on x86 CPUs "
+                            "without VNNI; auto (default): on exactly where this machine's kernel saturates; "
+                            "off for a target with real int8 arithmetic")
     weights = parser.add_argument_group("weight-only quantization (int4, int8-weight)")
     weights.add_argument("--block-size", type=int, default=32, metavar="N",
                          help="int4: weights per scale along the input dimension, a power of 2 >= 16 (default 32)")
