@@ -23,8 +23,8 @@ class Interrupting:
     """A fidelity evaluator that counts its calls and raises KeyboardInterrupt (as Ctrl-C
     does in the main thread) on call number `stop`."""
 
-    def __init__(self, model, stop=None):
-        self.fn = fidelity(nets.calib(model, 16))
+    def __init__(self, model, stop=None, measure="auto"):
+        self.fn = fidelity(nets.calib(model, 16), measure=measure)
         self.calls, self.stop = 0, stop
 
     def __call__(self, session, iterations, use_cuda):
@@ -135,3 +135,21 @@ def test_cli_resumes_from_its_scores_out_file(tmp_path):
     assert "resuming the eval-score dictionary" in r.stderr
     assert second["evaluations"] == 1 + dropped and second["chosen"] == first["chosen"]
     assert json.loads(scores.read_text())["scores"] == first["scores"]
+
+
+def test_reused_scores_still_show_the_evaluator_the_original_model_first(tmp_path):
+    """fidelity takes its reference from its first call: with every score reused (scores_in,
+    or a complete scores_out) the original model is still evaluated before any finalist, so
+    the finalists score and the selection goes as in the run that wrote the scores."""
+    model = wide_cnn()
+    path = tmp_path / "scores.json"
+    first = Interrupting(model, measure="cosine")
+    _, ref = oc.compress_auto(model, "weight_svd", 0.5, first, candidates=CANDIDATES, scores_out=path)
+    assert ref.selection["verified"] and all(v["score"] < 1.0 for v in ref.selection["verified"])
+    for kw in ({"saved_eval_scores_dict": path}, {"scores_out": path}):
+        ev = Interrupting(model, measure="cosine")
+        _, again = oc.compress_auto(model, "weight_svd", 0.5, ev, candidates=CANDIDATES, **kw)
+        assert again.selection["evaluations"] == 0
+        assert ev.calls == first.calls - (ref.selection["evaluations"] - 1)  # all but the candidates
+        assert again.selection["verified"] == ref.selection["verified"], kw
+        assert again.selection["chosen"] == ref.selection["chosen"]

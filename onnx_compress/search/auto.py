@@ -265,9 +265,22 @@ def _dictionary(r: _Run, current, units):
             scores = dictionary.build_dictionary(current, units, job.eval.callback, job.eval.iterations,
                                                  job.eval.use_cuda, workers=job.search.workers,
                                                  progress=job.search.progress, checkpoint=keep, scorer=scorer)
+    if scores.evaluations == 0:  # every score reused: the evaluator still sees the original model first
+        _score_original(current, job.eval, scores.baseline)
     if job.search.scores_out is not None:
         scores_io.save(dictionary.to_table(scores, digest, scheme_key, job.grid, job.keys), job.search.scores_out)
     return scores
+
+
+def _score_original(current, ev, saved: float) -> None:
+    """Evaluate the original model once before any finalist, as a built dictionary does: an
+    evaluator that takes its reference from its first call (evaluators.fidelity) would take
+    it from the first finalist otherwise, and score and select differently from the run
+    that wrote the scores."""
+    value = runtime.evaluate(current, ev.callback, ev.iterations, ev.use_cuda)
+    if not (abs(value - saved) <= 1e-9 * max(abs(saved), 1e-12)):
+        log.warning("the reused baseline score %r differs from this run's %r: the evaluation is not "
+                    "deterministic, or the data changed; the reused scores keep their own", saved, value)
 
 
 def _check_complete(table, units, source) -> None:
