@@ -413,6 +413,9 @@ def _check_search(search: Search, step: Scheme) -> None:
         raise ParameterError(f"rank_select={search.rank_select!r} applies to {' and '.join(offer)}, not {step.name}")
     if not isinstance(search.workers, int) or search.workers < 1:
         raise ParameterError(f"workers must be an integer >= 1, got {search.workers!r}")
+    mb = search.cache_mb
+    if mb is not None and (isinstance(mb, bool) or not isinstance(mb, (int, float)) or not mb >= 0):
+        raise ParameterError(f"cache_mb must be a number of MiB >= 0 (0: no activations kept in memory), got {mb!r}")
     if search.scores_out is not None:  # found before the dictionary runs, not after
         files.check_writable(search.scores_out, "scores_out")
 

@@ -63,7 +63,9 @@ class Search:
     `executor="ray"` scores the dictionary on Ray actors (search.ray_scorer): `ray_address`
     (None: a local Ray instance; "auto" or "HOST:6379": a running cluster), `ray_workers`
     actors (None: as many as the cluster holds), `ray_cpus` per actor (its intra-op
-    threads), `ray_gpus` per actor with use_cuda (default 1; a fraction shares a GPU)."""
+    threads), `ray_gpus` per actor with use_cuda (default 1; a fraction shares a GPU).
+    `cache_mb`: the local dictionary's prefix-cache memory in MiB (default an eighth of the
+    available memory; beyond it, files, then recomputation: runtime.PrefixCache)."""
 
     candidates: int = 10
     method: str = "knapsack"
@@ -82,6 +84,7 @@ class Search:
     ray_workers: int | None = None
     ray_cpus: int = 1
     ray_gpus: float | None = None
+    cache_mb: float | None = None
 
 
 @dataclass(frozen=True)

@@ -155,3 +155,30 @@ def test_release_frees_what_no_other_unit_reads_and_recomputed_tensors_are_kept(
     cache.lookup("ufc", feeds[0])
     cache.lookup("ufc", feeds[0])
     assert cache.recomputed == 1
+
+
+def test_cache_mb_reaches_the_dictionary_from_the_api_and_the_cli(tmp_path):
+    """cache_mb=0: every recorded activation goes to files, with the same scores and selection."""
+    import json
+
+    from refs import cli
+    from test_resume import CANDIDATES, Interrupting, wide_cnn
+
+    model = wide_cnn()
+    runs = {mb: oc.compress_auto(model, "weight_svd", 0.5, Interrupting(model, measure="cosine"),
+                                 candidates=CANDIDATES, cache_mb=mb)[1].selection for mb in (None, 0)}
+    assert runs[0]["cache"]["memory_budget_mb"] == 0 and runs[0]["cache"]["memory_mb"] == 0
+    assert runs[0]["cache"]["disk_mb"] == runs[None]["cache"]["memory_mb"] > 0
+    assert runs[0]["chosen"] == runs[None]["chosen"] and runs[0]["expected_score"] == runs[None]["expected_score"]
+    with pytest.raises(oc.ParameterError, match="cache_mb must be"):
+        oc.compress_auto(model, "weight_svd", 0.5, Interrupting(model), cache_mb=-1)
+    with pytest.raises(oc.ParameterError, match="cache_mb .* applies to the local executor"):
+        oc.compress_auto(model, "weight_svd", 0.5, Interrupting(model), cache_mb=10, executor="ray")
+    src = tmp_path / "m.onnx"
+    ir.save(model, src)
+    np.savez(tmp_path / "d.npz", x=np.asarray(__import__("nets").calib(model, 16)["x"]))
+    r = cli("compress", str(src), "-o", str(tmp_path / "o.onnx"), "--scheme", "weight_svd", "--target", "0.5",
+            "--eval-data", str(tmp_path / "d.npz"), "--candidates", "3", "--cache-mb", "0",
+            "--stats", str(tmp_path / "s.json"), "-q")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["selection"]["cache"]["memory_budget_mb"] == 0

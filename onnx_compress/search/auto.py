@@ -264,7 +264,8 @@ def _dictionary(r: _Run, current, units):
         with ray_scorer.open_scorer(job.search, current, units, job.eval) as scorer:  # None: local
             scores = dictionary.build_dictionary(current, units, job.eval.callback, job.eval.iterations,
                                                  job.eval.use_cuda, workers=job.search.workers,
-                                                 progress=job.search.progress, checkpoint=keep, scorer=scorer)
+                                                 progress=job.search.progress, checkpoint=keep, scorer=scorer,
+                                                 cache_mb=job.search.cache_mb)
     if scores.evaluations == 0:  # every score reused: the evaluator still sees the original model first
         _score_original(current, job.eval, scores.baseline)
     if job.search.scores_out is not None:

@@ -59,6 +59,9 @@ def check_options(search, use_cuda: bool, eval_callback=None) -> None:
         if given or search.ray_cpus != 1:
             raise ParameterError(f"{(given or ['ray_cpus'])[0]} applies with executor='ray' only")
         return
+    if search.cache_mb is not None:
+        raise ParameterError("cache_mb (--cache-mb) applies to the local executor; each Ray worker's prefix cache "
+                             "takes its default budget of that worker's memory")
     if search.ray_address is not None and (not isinstance(search.ray_address, str) or not search.ray_address):
         raise ParameterError(f"ray_address must be a cluster address such as 'auto' or 'HOST:6379', "
                              f"got {search.ray_address!r}")
