@@ -21,7 +21,7 @@ from .options import Calibration, Latency, Search, Settings, as_flat, gather, re
 from .schemes import SCHEMES, Scheme
 from .schemes import get as get_scheme, mix_of
 from .schemes.base import UNCHANGED, apply_with_trainer
-from .search import ray_scorer
+from .search import ray_scorer, sources
 from .search.auto import context, reasons, require_eligible
 from .stats import CompressionStats, describe_parameters, per_layer_rows
 
@@ -416,6 +416,7 @@ def _check_search(search: Search, step: Scheme) -> None:
     mb = search.cache_mb
     if mb is not None and (isinstance(mb, bool) or not isinstance(mb, (int, float)) or not mb >= 0):
         raise ParameterError(f"cache_mb must be a number of MiB >= 0 (0: no activations kept in memory), got {mb!r}")
+    sources.check_halving(search)
     if search.scores_out is not None:  # found before the dictionary runs, not after
         files.check_writable(search.scores_out, "scores_out")
 

@@ -65,7 +65,10 @@ class Search:
     actors (None: as many as the cluster holds), `ray_cpus` per actor (its intra-op
     threads), `ray_gpus` per actor with use_cuda (default 1; a fraction shares a GPU).
     `cache_mb`: the local dictionary's prefix-cache memory in MiB (default an eighth of the
-    available memory; beyond it, files, then recomputation: runtime.PrefixCache)."""
+    available memory; beyond it, files, then recomputation: runtime.PrefixCache).
+    `halving`: successive halving (search/halving.py): every candidate scored on a quarter
+    of the evaluation batches, the full data only for what can change the selection (at
+    most about half the exhaustive dictionary's batches; the chosen always full-scored)."""
 
     candidates: int = 10
     method: str = "knapsack"
@@ -85,6 +88,7 @@ class Search:
     ray_cpus: int = 1
     ray_gpus: float | None = None
     cache_mb: float | None = None
+    halving: bool = False
 
 
 @dataclass(frozen=True)

@@ -234,3 +234,38 @@ def test_estimated_in_names_the_estimates_a_selection_uses():
     out.scores[u][keys[0]] = 0.9  # as good as the baseline: the knapsack at 0.3 takes it
     sel = chooser(units, total, 0.3)(out)
     assert (u, keys[0]) in halving.estimated_in(out, sel)
+
+
+def test_compress_auto_with_halving_selects_as_the_exhaustive_dictionary_at_half_the_work(tmp_path):
+    """halving=True (--halving) in auto mode: the same selection on resnet_small's weight SVD
+    at 0.5 (tools/bench_halving.py's row), at most half the batches, no estimate chosen."""
+    import json
+
+    from refs import CALIB, MODEL, TEST, cli
+
+    model, ev = str(MODEL), accuracy(str(TEST))
+    _, full = oc.compress_auto(model, "weight_svd", 0.5, ev, candidates=10)
+    _, half = oc.compress_auto(model, "weight_svd", 0.5, ev, candidates=10, halving=True)
+    info = half.selection["halving"]
+    assert "halving" not in full.selection
+    assert half.selection["chosen"] == full.selection["chosen"]
+    assert half.final_score == full.final_score and half.mac_ratio == full.mac_ratio
+    assert info["degenerate"] is None and info["slice_batches"] < info["full_batches"]
+    assert 0.3 < info["work"] <= 0.5 and info["chosen_estimates"] == []
+    for u, k in half.selection["chosen"].items():  # the chosen carry the exhaustive full-data scores
+        if k != 1.0:
+            assert half.selection["scores"][u][str(k)] == pytest.approx(full.selection["scores"][u][str(k)], abs=1e-12)
+    for kw, match in (({"scores_out": tmp_path / "s.json"}, "halving .* and scores_out cannot be combined"),
+                      ({"saved_eval_scores_dict": tmp_path / "s.json"}, "and saved_eval_scores_dict cannot"),
+                      ({"executor": "ray"}, "local executor only"), ({"halving": 1}, "halving must be True")):
+        with pytest.raises(ParameterError, match=match):
+            oc.compress_auto(model, "weight_svd", 0.5, ev, candidates=10, **{"halving": True, **kw})
+    assert not (tmp_path / "s.json").exists()
+    r = cli("compress", model, "-o", str(tmp_path / "o.onnx"), "--scheme", "channel_pruning", "--target", "0.7",
+            "--data", str(CALIB), "--eval-data", str(TEST), "--samples", "200",
+            "--halving", "--stats", str(tmp_path / "st.json"), "-q")
+    assert r.returncode == 0, r.stderr
+    sel = json.loads((tmp_path / "st.json").read_text())["selection"]
+    assert sel["halving"]["work"] <= 0.5 and sel["halving"]["chosen_estimates"] == []
+    # channel pruning's close finalists chose an estimate (the head at 0.5): scored on the full data, chosen again
+    assert sel["halving"]["rescored_after_selection"] == 1

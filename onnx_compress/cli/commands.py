@@ -147,9 +147,10 @@ def _compress_auto(args, outs: files.Outputs) -> int:
 
 def _executor(args) -> dict:
     """The dictionary's executor options: local threads, or --ray's workers."""
+    common = {"cache_mb": args.cache_mb, "halving": args.halving}
     if args.ray is None:
-        return {"workers": args.workers or 1, "cache_mb": args.cache_mb}
-    return {"executor": "ray", "ray_address": None if args.ray == "local" else args.ray,
+        return {"workers": args.workers or 1, **common}
+    return {**common, "executor": "ray", "ray_address": None if args.ray == "local" else args.ray,
             "ray_workers": args.workers, "ray_cpus": args.ray_cpus or 1, "ray_gpus": args.ray_gpus}
 
 

@@ -182,6 +182,9 @@ def _auto_options(com) -> None:
                       help="with --ray: CPUs per Ray worker, its ONNX Runtime threads (default 1)")
     auto.add_argument("--ray-gpus", type=float, default=None, metavar="G",
                       help="with --ray and --cuda: GPUs per Ray worker (default 1; 0.25 puts 4 workers on a GPU)")
+    auto.add_argument("--halving", action="store_true",
+                      help="successive halving: score every candidate on a quarter of the evaluation batches and "
+                           "only what can change the selection on all of them (about half the evaluation work)")
     auto.add_argument("--cache-mb", type=float, default=None, metavar="MB",
                       help="memory for the eval-score dictionary's recorded activations (default an eighth of the "
                            "available memory; beyond it they spill to temporary files, then are recomputed)")

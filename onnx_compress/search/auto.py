@@ -24,7 +24,7 @@ from ..schemes import Context, Scheme
 from ..schemes.base import apply_with_trainer
 from ..stats import CompressionStats, SkippedLayer, per_layer_rows
 from . import config as config_mod
-from . import checkpoint, dictionary, finalists, latency, ray_scorer, scores_io
+from . import dictionary, finalists, halving, latency, scores_io, sources
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +136,20 @@ def run(job: Job, proto: onnx.ModelProto, first: layers.Analysis, settings: Sett
     timed = _time_units(r, current, units, analysis)
     if timed is not None:
         units = timed.units
-    scores = _dictionary(r, current, units)
     current_total = analysis.total(job.grid)
     measure = None
     if job.metric == "latency":
         total, current_total = timed.total, timed.current_total
         measure = _latency_measure(scheme, current, r.dims, job.timer)
-    problem = finalists.Problem(units, scores, current, current_total, total, job.target, job.search.method,
-                                job.search.use_monotonic_fit, _costs(current, r.dims, job.grid), scheme.exact_costs,
-                                scheme.overlapping_units, scheme.families(units))
-    chosen, out = _select(r, problem, current, measure, timed)
+    costs = _costs(current, r.dims, job.grid)
+
+    def problem_of(scores) -> finalists.Problem:
+        return finalists.Problem(units, scores, current, current_total, total, job.target, job.search.method,
+                                 job.search.use_monotonic_fit, costs, scheme.exact_costs, scheme.overlapping_units,
+                                 scheme.families(units))
+
+    scores = sources.dictionary_for(job, r.ctx, current, units, problem_of)
+    chosen, out = _select_full_scored(r, problem_of(scores), current, measure, timed)
     return out, _stats(r, out, chosen, scores, resolution, total, timed, measure, analysis)
 
 
@@ -244,59 +248,6 @@ def _time_units(r: _Run, current, units, analysis):
     return timed
 
 
-def _dictionary(r: _Run, current, units):
-    """The eval-score dictionary: loaded from a saved table that matches, else built."""
-    job = r.job
-    digest = scores_io.model_digest(current.SerializeToString())
-    scheme_key = job.scheme.table_key(r.ctx)
-    if job.search.saved_eval_scores_dict is not None:
-        table = scores_io.load(job.search.saved_eval_scores_dict)
-        scores_io.check_matches(table, digest, scheme_key, job.grid, job.keys, [])
-        _check_complete(table, units, job.search.saved_eval_scores_dict)
-        scores_io.check_matches(table, digest, scheme_key, job.grid, job.keys, [u.name for u in units])
-        scores = dictionary.from_table(table)
-        scores.loaded_from = str(job.search.saved_eval_scores_dict)
-    else:
-        keep = None
-        if job.search.scores_out is not None:  # written as scores arrive; a rerun resumes from it
-            keep = checkpoint.Checkpoint(job.search.scores_out, digest, scheme_key, job.grid, job.keys)
-            keep.load([u.name for u in units])
-        with ray_scorer.open_scorer(job.search, current, units, job.eval) as scorer:  # None: local
-            scores = dictionary.build_dictionary(current, units, job.eval.callback, job.eval.iterations,
-                                                 job.eval.use_cuda, workers=job.search.workers,
-                                                 progress=job.search.progress, checkpoint=keep, scorer=scorer,
-                                                 cache_mb=job.search.cache_mb)
-    if scores.evaluations == 0:  # every score reused: the evaluator still sees the original model first
-        _score_original(current, job.eval, scores.baseline)
-    if job.search.scores_out is not None:
-        scores_io.save(dictionary.to_table(scores, digest, scheme_key, job.grid, job.keys), job.search.scores_out)
-    return scores
-
-
-def _score_original(current, ev, saved: float) -> None:
-    """Evaluate the original model once before any finalist, as a built dictionary does: an
-    evaluator that takes its reference from its first call (evaluators.fidelity) would take
-    it from the first finalist otherwise, and score and select differently from the run
-    that wrote the scores."""
-    value = runtime.evaluate(current, ev.callback, ev.iterations, ev.use_cuda)
-    if not (abs(value - saved) <= 1e-9 * max(abs(saved), 1e-12)):
-        log.warning("the reused baseline score %r differs from this run's %r: the evaluation is not "
-                    "deterministic, or the data changed; the reused scores keep their own", saved, value)
-
-
-def _check_complete(table, units, source) -> None:
-    """ParameterError when a reused table lacks a candidate's score (an interrupted run's file)."""
-    if table.meta.get("complete") is not False:
-        return
-    for u in units:
-        missing = [c.key for c in u.candidates if scores_io.format_ratio(c.key) not in table.scores.get(u.name, {})]
-        if missing:
-            raise ParameterError(
-                f"eval-score file {source} has no score for layer '{u.name}' at ratio(s) "
-                f"{', '.join(scores_io.format_ratio(k) for k in missing)}: it is incomplete (an interrupted run's); "
-                "pass it as scores_out (--scores-out) instead to resume that run and evaluate the missing ones")
-
-
 def _latency_measure(scheme: Scheme, current, dims, timer):
     """The achieved cost under the latency metric: with exact unit costs, the selection's own
     sum (each candidate as measured); otherwise the built model's layers timed (savings
@@ -335,6 +286,21 @@ def _select(r: _Run, problem: finalists.Problem, current, measure, timed):
     return chosen, out
 
 
+def _select_full_scored(r: _Run, problem: finalists.Problem, current, measure, timed):
+    """_select; with halving, a finalist chosen at another goal than halving's own (a
+    corrected target, a close finalist) can use slice estimates: those are scored on the
+    full data and the selection made again, until the chosen use full-data scores only."""
+    kept = len(r.layer_stats), len(r.skipped)
+    for _ in range(4):
+        chosen, out = _select(r, problem, current, measure, timed)
+        missing = halving.estimated_in(problem.dictionary, chosen)
+        if not missing:
+            break
+        del r.layer_stats[kept[0]:], r.skipped[kept[1]:]
+        sources.rescore(r.job, current, problem.units, problem.dictionary, missing)
+    return chosen, out
+
+
 def _ratio_of(unit, key: float) -> Fraction:
     """The manual ratio that reproduces a unit's chosen candidate exactly."""
     return next(c.ratio for c in unit.candidates if c.key == key)
@@ -365,6 +331,9 @@ def _stats(r: _Run, out, chosen, scores, resolution, total, timed, measure, anal
         "session_seconds": scores.session_seconds, "loaded_from": scores.loaded_from,
         "fixed": dict(resolution.fixed), "verified": list(scores.verified),
     }
+    if "halving" in scores.meta:  # the scores on a slice of the data, and which of them the chosen use
+        selection_info["halving"] = dict(scores.meta["halving"], chosen_estimates=[
+            [u, k] for u, k in halving.estimated_in(scores, chosen)])
     skipped = dedupe(r.skipped)
     return CompressionStats(
         scheme=job.scheme.name, cost_metric=job.metric, mac_before=_total(r.first, "mac"),
