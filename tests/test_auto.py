@@ -96,7 +96,7 @@ def test_saved_dictionary_reproduces_selection_without_evaluations(tmp_path):
     ev2 = Counting(model)
     out, again = oc.compress_auto(model, "weight_svd", 0.5, ev2, candidates=5, saved_eval_scores_dict=path)
     assert again.selection["evaluations"] == 0  # no dictionary evaluations
-    assert ev2.calls == 1 + len(again.selection["verified"])  # the finalists and the final model
+    assert ev2.calls == 2 + len(again.selection["verified"])  # the original (first), the finalists, the final model
     assert again.selection["chosen"] == first.selection["chosen"]
     _, other = oc.compress_auto(model, "weight_svd", 0.7, ev2, candidates=5, saved_eval_scores_dict=path)
     assert other.mac_ratio <= 0.7 and other.selection["evaluations"] == 0
