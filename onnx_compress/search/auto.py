@@ -289,16 +289,16 @@ def _select(r: _Run, problem: finalists.Problem, current, measure, timed):
 def _select_full_scored(r: _Run, problem: finalists.Problem, current, measure, timed):
     """_select; with halving, a finalist chosen at another goal than halving's own (a
     corrected target, a close finalist) can use slice estimates: those are scored on the
-    full data and the selection made again, until the chosen use full-data scores only."""
+    full data and the selection made again, until the chosen use full-data scores only (each
+    round turns at least one estimate into a full score, so the rounds end)."""
     kept = len(r.layer_stats), len(r.skipped)
-    for _ in range(4):
+    while True:
         chosen, out = _select(r, problem, current, measure, timed)
         missing = halving.estimated_in(problem.dictionary, chosen)
         if not missing:
-            break
+            return chosen, out
         del r.layer_stats[kept[0]:], r.skipped[kept[1]:]
         sources.rescore(r.job, current, problem.units, problem.dictionary, missing)
-    return chosen, out
 
 
 def _ratio_of(unit, key: float) -> Fraction:

@@ -200,10 +200,17 @@ def _baseline(value: float, checkpoint: Checkpoint | None) -> float:
         return value
     if checkpoint.baseline is None:
         checkpoint.set_baseline(value)
-    elif not np.isclose(checkpoint.baseline, value, rtol=1e-9, atol=0.0):
-        log.warning("the resumed baseline score %r differs from this run's %r: the evaluation is not "
-                    "deterministic; the resumed dictionary keeps its own", checkpoint.baseline, value)
+    else:
+        check_reused_baseline(checkpoint.baseline, value)
     return checkpoint.baseline
+
+
+def check_reused_baseline(saved: float, value: float) -> None:
+    """Log when a reused dictionary's baseline (a checkpoint's, a saved table's) differs from
+    this run's: the evaluation is not deterministic, or its data changed."""
+    if not np.isclose(saved, value, rtol=1e-9, atol=0.0):
+        log.warning("the reused baseline score %r differs from this run's %r: the evaluation is not "
+                    "deterministic, or its data changed; the reused dictionary keeps its own", saved, value)
 
 
 # ---------------------------------------------------------------------------- selection

@@ -85,8 +85,11 @@ def rescore(job, current, units, scores: dictionary.Dictionary, pairs) -> None:
             unit = by_name[name]
             cand = next(c for c in unit.candidates if c.key == key)
             scores.scores[name][key] = scorer.score(name, unit.preview(cand))
-            info["estimated"][name] = [k for k in info["estimated"][name] if k != key]
-            info["estimated"] = {u: ks for u, ks in info["estimated"].items() if ks}
+            left = [k for k in info["estimated"][name] if k != key]
+            if left:
+                info["estimated"][name] = left
+            else:
+                del info["estimated"][name]
             info["rescored_after_selection"] = info.get("rescored_after_selection", 0) + 1
             scores.evaluations += 1
     finally:
@@ -98,10 +101,7 @@ def _score_original(current, ev, saved: float) -> None:
     evaluator that takes its reference from its first call (evaluators.fidelity) would take
     it from the first finalist otherwise, and score and select differently from the run
     that wrote the scores."""
-    value = runtime.evaluate(current, ev.callback, ev.iterations, ev.use_cuda)
-    if not (abs(value - saved) <= 1e-9 * max(abs(saved), 1e-12)):
-        log.warning("the reused baseline score %r differs from this run's %r: the evaluation is not "
-                    "deterministic, or the data changed; the reused scores keep their own", saved, value)
+    dictionary.check_reused_baseline(saved, runtime.evaluate(current, ev.callback, ev.iterations, ev.use_cuda))
 
 
 def _check_complete(table, units, source) -> None:
