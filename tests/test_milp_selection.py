@@ -3,10 +3,12 @@ against brute force on small cases, the plain DP on medium ones and an independe
 scipy.optimize.milp call at 500 units x 11 options."""
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 import time
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +18,12 @@ from onnx_compress.search import milp, solve
 from onnx_compress.search.knapsack import _table
 from onnx_compress.search.solve import LayerOptions, Option, smallest_ratio, solve_knapsack
 
-BASELINE = 0.8
-
-
-def budget_of(total: int, target) -> int:
-    q = Fraction(repr(target)) if isinstance(target, float) else Fraction(target)
-    return q.numerator * total // q.denominator
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("bench_selection", ROOT / "tools" / "bench_selection.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+budget_of, realistic, random_layers = bench.budget_of, bench.monotone, bench.random_data  # one copy of the data
+BASELINE = bench.BASELINE  # the data's baseline score
 
 
 def small_instance(rng: np.random.Generator, ties: bool):
@@ -86,35 +88,6 @@ def test_small_cases_match_brute_force(path, ties):
             assert sel.cost == cost  # ties in loss go to the higher cost
 
 
-def realistic(n: int, seed: int, big: bool = True):
-    """n layers x 11 options: cost r * c (c up to 1e9 MACs), loss sens * (1 - r)^2 with noise."""
-    rng = np.random.default_rng(seed)
-    layers, full = [], []
-    for k in range(n):
-        c = int(rng.integers(10 ** 6, 10 ** 9)) if big else int(rng.integers(10, 200))
-        sens = float(rng.uniform(1e-4, 0.03))
-        opts = [Option(1.0, c, BASELINE)]
-        for r in np.round(np.linspace(0.9, 0.1, 10), 3):
-            drop = sens * (1 - r) ** 2 * (1 + float(rng.normal(0, 0.1)))
-            opts.append(Option(float(r), int(c * r), BASELINE - drop))
-        layers.append(LayerOptions(f"conv{k}", tuple(opts)))
-        full.append(c)
-    fixed = sum(full) // 10
-    return layers, fixed, fixed + sum(full)
-
-
-def random_layers(n: int, seed: int, high: int = 10 ** 9):
-    rng = np.random.default_rng(seed)
-    layers = []
-    for k in range(n):
-        ratios = [1.0] + sorted(rng.choice(np.arange(1, 100), 10, replace=False) / 100, reverse=True)
-        costs, scores = rng.integers(0, high, 11), rng.uniform(0.2, 0.85, 11)
-        layers.append(LayerOptions(f"l{k}", tuple(Option(float(r), int(c), float(s))
-                                                  for r, c, s in zip(ratios, costs, scores))))
-    fixed = int(rng.integers(0, high))
-    return layers, fixed, fixed + sum(max(o.cost for o in la.options) for la in layers)
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_medium_cases_match_the_plain_dp(seed, monkeypatch):
     layers, fixed, total = (realistic(24, seed, big=False) if seed % 2 else random_layers(30, seed, 300))
@@ -135,23 +108,8 @@ def test_medium_cases_match_the_plain_dp(seed, monkeypatch):
 
 
 def independent_milp(layers, fixed: int, total: int, target) -> tuple[float, float]:
-    """(loss, proven lower bound) of the plain MILP over every option, scaled for HiGHS."""
-    from scipy.optimize import Bounds, LinearConstraint, milp as scipy_milp
-    from scipy.sparse import csr_array
-
-    cost = np.array([o.cost for la in layers for o in la.options], dtype=np.float64)
-    loss = np.array([BASELINE - o.score for la in layers for o in la.options])
-    rows = np.repeat(np.arange(len(layers)), [len(la.options) for la in layers])
-    scale = 1e3 / sum(max(abs(BASELINE - o.score) for o in la.options) for la in layers)
-    one = csr_array((np.ones(len(cost)), (rows, np.arange(len(cost)))), shape=(len(layers), len(cost)))
-    budget = budget_of(total, target) - fixed
-    res = scipy_milp(loss * scale, integrality=np.ones(len(cost)), bounds=Bounds(0, 1),
-                     constraints=[LinearConstraint(one, 1, 1),
-                                  LinearConstraint((cost / cost.max())[None, :], -np.inf, budget / cost.max())],
-                     options={"mip_rel_gap": 0.0})
-    assert res.status == 0
-    x = res.x > 0.5
-    return math.fsum(loss[x]), res.mip_dual_bound / scale
+    """(loss, proven lower bound) of the plain MILP over every option (the benchmark's)."""
+    return bench.independent(layers, fixed, total, target)[:2]
 
 
 @pytest.mark.parametrize("kind,target", [("realistic", 0.5), ("realistic", 0.3), ("random", 0.5)])

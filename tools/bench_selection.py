@@ -30,12 +30,14 @@ BASELINE = 0.8
 OLD_MAX_STATES = 20000
 
 
-def monotone(n: int, seed: int) -> tuple[list[LayerOptions], int, int]:
-    """Dictionary-like data: cost r * c (c up to 1e9 MACs), loss sens * (1 - r)^2 with 10% noise."""
+def monotone(n: int, seed: int, big: bool = True) -> tuple[list[LayerOptions], int, int]:
+    """Dictionary-like data: cost r * c (c up to 1e9 MACs; 10..200 unless `big`), loss
+    sens * (1 - r)^2 with 10% noise. tests/test_milp_selection.py uses these generators too."""
     rng = np.random.default_rng(seed)
     layers, full = [], []
     for k in range(n):
-        c, sens = int(rng.integers(10 ** 6, 10 ** 9)), float(rng.uniform(1e-4, 0.03))
+        c = int(rng.integers(10 ** 6, 10 ** 9)) if big else int(rng.integers(10, 200))
+        sens = float(rng.uniform(1e-4, 0.03))
         opts = [Option(1.0, c, BASELINE)]
         for r in np.round(np.linspace(0.9, 0.1, 10), 3):
             drop = sens * (1 - r) ** 2 * (1 + float(rng.normal(0, 0.1)))
@@ -59,8 +61,8 @@ def random_data(n: int, seed: int, high: int = 10 ** 9) -> tuple[list[LayerOptio
     return layers, fixed, fixed + sum(max(o.cost for o in la.options) for la in layers)
 
 
-def budget_of(total: int, target: float) -> int:
-    q = Fraction(repr(target))
+def budget_of(total: int, target) -> int:
+    q = Fraction(repr(target)) if isinstance(target, float) else Fraction(target)
     return q.numerator * total // q.denominator
 
 
