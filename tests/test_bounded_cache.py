@@ -73,6 +73,42 @@ def test_candidates_equal_the_full_model_at_every_budget(memory, disk):
     cache.close()
 
 
+def test_recording_holds_one_group_of_boundaries_at_a_time():
+    """A batch's boundary tensors are recorded in runs of at most `record_bytes` (ResNet-50 at
+    64 images: 3 GB at once before), and the candidates' outputs do not change."""
+    model = b.cnn_model()
+    units = {"u2": ["conv2.weight"], "u3": ["conv3.weight"], "ufc": ["fc.weight"]}
+    whole = runtime.PrefixCache(model, units, threads=1)
+    feeds = _feeds(batch=8)
+    sizes = runtime.sessions.output_bytes(whole.recorder_session, feeds[0])
+    exact = {n: int(np.prod(a.shape)) * 4 for n, a in zip(whole.needed, whole.recorder_session.run(whole.needed, feeds[0]))}
+    assert {n: sizes[n] for n in whole.needed} == exact  # symbolic batch bound by the feed's
+    assert whole.record_groups(feeds[0]) == [whole.needed]  # the default budget holds them all
+    small = runtime.PrefixCache(model, units, threads=1, record_bytes=max(exact.values()))
+    groups = small.record_groups(feeds[0])
+    assert len(groups) == len(whole.needed) > 1 and sum(groups, []) == whole.needed
+    runs = []
+    session = small.recorder_session
+    small.recorder_session = type("Counting", (), {
+        "run": lambda self, names, feed, *a: runs.append(list(names)) or session.run(names, feed, *a),
+        "__getattr__": lambda self, k: getattr(session, k)})()
+    recorder, plain = small.recording_session(), whole.recording_session()
+    for feed in feeds:
+        out = recorder.run(None, feed)
+        np.testing.assert_array_equal(out[0], plain.run(None, feed)[0])
+    assert len(runs) == len(feeds) * len(groups)
+    assert max(sum(exact[n] for n in r if n in exact) for r in runs) <= small.record_bytes
+    recorder.run(None, feeds[0])  # a feed recorded already: one run, the model's outputs only
+    assert runs[-1] == small.model_outputs
+    new = np.random.default_rng(7).standard_normal((16, 16, 1, 1)).astype(np.float32)
+    full = runtime.WeightSwapper(model, ["conv3.weight"]).session({"conv3.weight": new})
+    cand = small.candidate("u3", {"conv3.weight": new}, lambda: full)
+    for feed in feeds:
+        np.testing.assert_array_equal(cand.run(None, feed)[0], full.run(None, feed)[0])
+    assert small.recomputed == 0
+    small.close(), whole.close()
+
+
 def test_dictionary_in_a_small_cache_equals_the_uncached_one():
 
     proto = ir.load(MODELS / "resnet_small.onnx")
@@ -90,8 +126,9 @@ def test_dictionary_in_a_small_cache_equals_the_uncached_one():
     assert small.peak_rss_mb * 2**20 == pytest.approx(peak_rss_bytes(), rel=0.5)
 
 
-def test_sampler_in_a_small_budget_gives_the_same_tensors_and_stays_in_it():
+def test_sampler_in_a_small_budget_gives_the_same_tensors_and_stays_in_it(monkeypatch):
     from onnx_compress.options import Settings
+    from onnx_compress.runtime import activations
     from onnx_compress.runtime.activations import Activations, Sampler
 
     model = ir.load(MODELS / "resnet_small.onnx")
@@ -102,6 +139,13 @@ def test_sampler_in_a_small_budget_gives_the_same_tensors_and_stays_in_it():
     free.prefetch(names)
     one = sum(a.nbytes for a in free.original_tensor(names[0]))
     small = Sampler(model, feeds, settings, budget=3 * one)
+    asked, make = [], activations.runtime.session
+
+    def counting(*args, **kwargs):
+        sess = make(*args, **kwargs)
+        return type("Counting", (), {"run": lambda self, wanted, feed: asked.append(list(wanted)) or sess.run(wanted, feed),
+                                     "__getattr__": lambda self, k: getattr(sess, k)})()
+    monkeypatch.setattr(activations.runtime, "session", counting)
     small.prefetch(names)
     for name in names:
         got = small.original_tensor(name)
@@ -111,6 +155,9 @@ def test_sampler_in_a_small_budget_gives_the_same_tensors_and_stays_in_it():
         for a, b_ in zip(got, free.original_tensor(name)):
             np.testing.assert_array_equal(a, b_)
     assert len(small._orig_cache) < len(names)
+    per_name = {n: sum(a.nbytes for a in free.original_tensor(n)) for n in names}
+    assert asked
+    assert all(len(a) == 1 or sum(per_name[n] for n in a) <= 3 * one for a in asked)  # never more than fits
 
 
 def test_channel_pruning_in_a_small_sampler_budget_writes_the_same_model(monkeypatch):

@@ -116,24 +116,35 @@ class Sampler:
     def _run(self, model: onnx.ModelProto, names: list[str], budget: int | None = None) -> dict[str, list[np.ndarray]]:
         """Tensors `names` of `model` on every batch, from one session and one run per batch.
 
-        With a `budget`, the first batch's sizes pick the longest prefix of `names` whose
-        tensors over all batches fit it (at least one name), and only those are kept."""
+        With a `budget`, the longest prefix of `names` whose tensors over all batches fit it
+        (at least one name) is run and kept: sized by the shapes ONNX Runtime infers before
+        the first run (so that it never holds more), else by the first batch's tensors."""
         sess = runtime.session(model, self.settings.use_cuda, extra_outputs=names)
+        if budget is not None:
+            sizes = runtime.output_bytes(sess, self.feeds[0])
+            if all(sizes.get(n) is not None for n in names):
+                names = names[:_fitting([sizes[n] for n in names], len(self.feeds), budget)]
         runs = []
         for i, feed in enumerate(self.feeds):
             progress_mod.update("sampling activations", i, len(self.feeds))
             out = sess.run(names, feed)
             if i == 0 and budget is not None:
-                total, keep = 0, 0
-                for arr in out:
-                    total += arr.nbytes * len(self.feeds)
-                    if keep and total > budget:
-                        break
-                    keep += 1
+                keep = _fitting([arr.nbytes for arr in out], len(self.feeds), budget)
                 names, out = names[:keep], out[:keep]
             runs.append(out)
         progress_mod.update("sampling activations", len(self.feeds), len(self.feeds))
         return {name: [r[k] for r in runs] for k, name in enumerate(names)}
+
+
+def _fitting(sizes: list[int], batches: int, budget: int) -> int:
+    """How many of the leading tensors, `sizes` bytes a batch, fit `budget` over the batches (>= 1)."""
+    total, keep = 0, 0
+    for size in sizes:
+        total += size * batches
+        if keep and total > budget:
+            break
+        keep += 1
+    return keep
 
 
 def _nbytes(arrays: list[np.ndarray]) -> int:

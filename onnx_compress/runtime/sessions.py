@@ -127,6 +127,30 @@ def session(model: onnx.ModelProto | str, use_cuda: bool = False, threads: int |
         raise CompressionError(f"ONNX Runtime cannot load the model: {exc}") from None
 
 
+_ITEM_BYTES = {"float": 4, "float16": 2, "double": 8, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1,
+               "int16": 2, "uint16": 2, "bfloat16": 2, "uint32": 4, "uint64": 8}
+
+
+def output_bytes(sess: ort.InferenceSession, feed: dict) -> dict[str, int | None]:
+    """Each output's bytes on `feed` from the shapes ONNX Runtime infers, its symbolic
+    dimensions bound by the feed's (None where a dimension or the type is unknown)."""
+    dims = {}
+    for arg in sess.get_inputs():
+        shape = np.shape(feed[arg.name]) if arg.name in feed else ()
+        for axis, dim in enumerate(arg.shape or ()):
+            if isinstance(dim, str) and axis < len(shape):
+                dims[dim] = shape[axis]
+    sizes = {}
+    for arg in sess.get_outputs():
+        item = _ITEM_BYTES.get(arg.type[len("tensor("):-1]) if arg.type.startswith("tensor(") else None
+        count = 1
+        for dim in arg.shape or [None]:
+            dim = dims.get(dim) if isinstance(dim, str) else dim
+            count = None if count is None or dim is None else count * int(dim)
+        sizes[arg.name] = None if item is None or count is None else count * item
+    return sizes
+
+
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """A copy of `model` that also outputs the intermediate tensors `names`."""
     out = onnx.ModelProto()

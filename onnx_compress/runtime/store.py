@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 MEMORY_FRACTION = 8  # default budget: available memory // MEMORY_FRACTION
+RECORD_FRACTION = 16  # a recording run's boundary tensors: available memory // RECORD_FRACTION
 DISK_FRACTION = 2  # default disk budget: free space of the temporary folder // DISK_FRACTION
 
 
@@ -38,6 +39,10 @@ def available_memory() -> int:
 
 def default_memory_bytes() -> int:
     return available_memory() // MEMORY_FRACTION
+
+
+def default_record_bytes() -> int:
+    return available_memory() // RECORD_FRACTION
 
 
 def peak_rss_bytes() -> int:

@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from .. import ir
 from ..errors import CompressionError
-from .sessions import check_providers, options, providers, session
+from .sessions import check_providers, options, output_bytes, providers, session
 
 
 def _mark_external(t: onnx.TensorProto, nbytes: int) -> None:
@@ -168,11 +168,19 @@ class _Recorder(_FullModelView):
         self._cache, self._session = cache, session
 
     def run(self, output_names, input_feed, run_options=None):
-        wanted = list(dict.fromkeys(list(self._cache.model_outputs) + self._cache.needed))
-        values = self._session.run(wanted, input_feed, run_options)
-        by_name = dict(zip(wanted, values))
-        self._cache.store(input_feed, by_name)
-        keys = [o.name for o in self._cache.outputs] if output_names is None else list(output_names)
+        cache = self._cache
+        fid = cache.store_feed(input_feed)
+        groups = cache.record_groups(input_feed) if fid is not None else [[]]
+        outputs = list(cache.model_outputs)
+        by_name = {}
+        for i, group in enumerate(groups):  # each group's tensors go to the store before the next run
+            wanted = list(dict.fromkeys((outputs if i == 0 else []) + group))
+            values = dict(zip(wanted, self._session.run(wanted, input_feed, run_options)))
+            by_name.update((k, values[k]) for k in outputs if k in values)
+            for name in group:
+                cache.store_.put((fid, name), values[name])
+            del values
+        keys = [o.name for o in cache.outputs] if output_names is None else list(output_names)
         return [by_name[k] for k in keys]  # the model's outputs only, as a plain session's run
 
 
@@ -224,11 +232,17 @@ class PrefixCache:
     to `disk_bytes` (default half the free temporary space); a boundary tensor stored
     nowhere is recomputed from its feed when a candidate needs it, and a feed stored
     nowhere runs the full candidate model. The suffix models share one copy of the weights.
+    Recording a batch runs the model once per group of boundary tensors of at most
+    `record_bytes` (default a sixteenth of the available memory), each group stored before
+    the next, so a batch's boundaries (3 GB for a ResNet-50 at 64 images) are never all held.
     """
 
     def __init__(self, model: onnx.ModelProto, units: dict[str, list[str]], use_cuda: bool = False,
-                 threads: int | None = None, max_bytes: int | None = None, disk_bytes: int | None = None):
-        from .store import TieredStore
+                 threads: int | None = None, max_bytes: int | None = None, disk_bytes: int | None = None,
+                 record_bytes: int | None = None):
+        from .store import TieredStore, default_record_bytes
+
+        self.record_bytes = default_record_bytes() if record_bytes is None else int(record_bytes)
 
         self.use_cuda, self.threads = use_cuda, threads
         self.model_outputs = [o.name for o in model.graph.output]
@@ -274,16 +288,35 @@ class PrefixCache:
                 return fid
         return None
 
-    def store(self, feed: dict, values: dict[str, np.ndarray]) -> None:
+    def store_feed(self, feed: dict) -> int | None:
+        """Store a feed the baseline runs on: its id, or None when it is stored already (its
+        tensors were recorded) or fits nowhere (candidates on it run the full model)."""
         if self._find(feed) is not None:
-            return
+            return None
         fid = len(self._feed_names)
         if not all(self.store_.put(("feed", fid, k), v) for k, v in feed.items()):
-            return  # the feed itself fits nowhere: candidates on it run the full model
+            return None
         self._feed_names[fid] = list(feed)
         self.feeds.setdefault(_feed_key(feed), []).append(fid)
+        return fid
+
+    def record_groups(self, feed: dict) -> list[list[str]]:
+        """The boundary tensors in groups of at most `record_bytes` on `feed` (by the sizes ONNX
+        Runtime infers; a tensor of unknown size counts as the largest known one), so that
+        recording a batch never holds all of its boundaries at once: one run per group."""
+        sizes = output_bytes(self.recorder_session, feed)
+        known = [b for b in sizes.values() if b is not None]
+        if not known:
+            return [list(self.needed)]
+        groups, total = [[]], 0
         for name in self.needed:
-            self.store_.put((fid, name), values[name])
+            size = sizes.get(name) or max(known)
+            if groups[-1] and total + size > self.record_bytes:
+                groups.append([])
+                total = 0
+            groups[-1].append(name)
+            total += size
+        return groups
 
     def lookup(self, unit: str, feed: dict) -> dict | None:
         fid = self._find(feed)
