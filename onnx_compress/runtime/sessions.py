@@ -106,9 +106,12 @@ def options(threads: int | None = None) -> ort.SessionOptions:
 
 
 def session(model: onnx.ModelProto | str, use_cuda: bool = False, threads: int | None = None,
-            extra_outputs: list[str] | None = None, config: dict[str, str] | None = None) -> ort.InferenceSession:
-    """An InferenceSession for a ModelProto or a path (`config`: session config entries)."""
+            extra_outputs: list[str] | None = None, config: dict[str, str] | None = None,
+            arena: bool = True) -> ort.InferenceSession:
+    """An InferenceSession for a ModelProto or a path (`config`: session config entries;
+    `arena` False: no CPU memory arena, so a run's memory is freed when it ends)."""
     opts = options(threads)
+    opts.enable_cpu_mem_arena = arena
     for key, value in (config or {}).items():
         opts.add_session_config_entry(key, value)
     if isinstance(model, onnx.ModelProto) and extra_outputs:

@@ -2,7 +2,7 @@
 files in a private temporary folder up to a disk budget, then nothing (the caller
 recomputes what is not stored).
 
-The default memory budget is an eighth of the memory available when the cache is made
+The default memory budget is a tenth of the memory available when the cache is made
 (`default_memory_bytes`), the default disk budget half the free space of the temporary
 folder. Files are read back whole (`np.load`, not memory-mapped), so what a lookup reads
 is freed with the candidate's run and never counts twice in the process's resident memory.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-MEMORY_FRACTION = 8  # default budget: available memory // MEMORY_FRACTION
-RECORD_FRACTION = 16  # a recording run's boundary tensors: available memory // RECORD_FRACTION
+MEMORY_FRACTION = 10  # default budget: available memory // MEMORY_FRACTION
+RECORD_FRACTION = 24  # a recording run's boundary tensors: available memory // RECORD_FRACTION
 DISK_FRACTION = 2  # default disk budget: free space of the temporary folder // DISK_FRACTION
 
 
@@ -77,13 +77,14 @@ class TieredStore:
             self._disk_limit = shutil.disk_usage(tempfile.gettempdir()).free // DISK_FRACTION
         return int(self._disk_limit)
 
-    def put(self, key, array: np.ndarray) -> str | None:
+    def put(self, key, array: np.ndarray, copy: bool = True) -> str | None:
+        """`copy` False: the caller hands the array over (kept in memory as it is)."""
         array = np.asarray(array)
         with self._lock:
             if key in self._memory or key in self._disk:
                 return "memory" if key in self._memory else "disk"
             if self.memory_used + array.nbytes <= self.memory_bytes:
-                self._memory[key] = np.array(array, copy=True)  # the caller may reuse its buffer
+                self._memory[key] = np.array(array, copy=True) if copy else array  # the caller may reuse its buffer
                 self.memory_used += array.nbytes
                 return "memory"
             if self.disk_used + array.nbytes > self._disk_budget():
