@@ -64,7 +64,7 @@ class Search:
     (None: a local Ray instance; "auto" or "HOST:6379": a running cluster), `ray_workers`
     actors (None: as many as the cluster holds), `ray_cpus` per actor (its intra-op
     threads), `ray_gpus` per actor with use_cuda (default 1; a fraction shares a GPU).
-    `cache_mb`: the local dictionary's prefix-cache memory in MiB (default a tenth of the
+    `cache_mb`: the local dictionary's prefix-cache memory in MiB (default a sixteenth of the
     available memory; beyond it, files, then recomputation: runtime.PrefixCache).
     `halving`: successive halving (search/halving.py): every candidate scored on a quarter
     of the evaluation batches, the full data only for what can change the selection (at

@@ -191,11 +191,13 @@ def account(alive: dict, rss: int) -> dict:
     dictionary, outside its timing), and the RSS then."""
     out = {"rss_at_last_candidate": rss}
     for cache in alive.get("PrefixCache", []):
-        stored = getattr(cache, "store_by_feed", {})
-        plans = getattr(cache, "plans", {})
-        out.update(cache_activation_bytes=int(getattr(cache, "used", 0)),
-                   cache_feeds_stored=sum(len(v) for v in stored.values()),
-                   cache_feed_copy_bytes=int(sum(a.nbytes for v in stored.values() for f, _ in v for a in f.values())),
+        plans, store = getattr(cache, "plans", {}), getattr(cache, "store_", None)
+        stats = store.stats() if store is not None else {}
+        out.update(cache_memory_bytes=int(stats.get("memory_mb", 0) * 2**20),
+                   cache_disk_bytes=int(stats.get("disk_mb", 0) * 2**20), cache_dropped=stats.get("dropped"),
+                   cache_memory_budget_bytes=int(stats.get("memory_budget_mb", 0) * 2**20),
+                   cache_record_bytes=getattr(cache, "record_bytes", None),
+                   cache_feeds_stored=len(getattr(cache, "_feed_names", {})), cache_recomputed=cache.recomputed,
                    cache_boundary_tensors=len(getattr(cache, "needed", ())), suffix_models=len(plans),
                    suffix_model_proto_bytes=int(sum(p[0].ByteSize() for p in plans.values())))
     swappers = alive.get("WeightSwapper", [])

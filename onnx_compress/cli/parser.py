@@ -186,7 +186,7 @@ def _auto_options(com) -> None:
                       help="successive halving: score every candidate on a quarter of the evaluation batches and "
                            "only what can change the selection on all of them (about half the evaluation work)")
     auto.add_argument("--cache-mb", type=float, default=None, metavar="MB",
-                      help="memory for the eval-score dictionary's recorded activations (default a tenth of the "
+                      help="memory for the eval-score dictionary's recorded activations (default a sixteenth of the "
                            "available memory; beyond it they spill to temporary files, then are recomputed)")
     auto.add_argument("--eval-iterations", type=int, default=None, metavar="B",
                       help="evaluate on at most B batches of 64")

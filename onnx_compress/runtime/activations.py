@@ -53,7 +53,7 @@ class Sampler:
     layer needs exposed as outputs; caches the original model's activations."""
 
     def __init__(self, original: onnx.ModelProto, feeds, settings: Settings, budget: int | None = None):
-        """`budget`: bytes of cached original tensors (default a tenth of the available
+        """`budget`: bytes of cached original tensors (default a sixteenth of the available
         memory): past it the least recently used go, a prefetch keeps what fits and the
         rest is computed, a fitting chunk at a time, when it is first read."""
         from .store import default_memory_bytes

@@ -2,7 +2,7 @@
 files in a private temporary folder up to a disk budget, then nothing (the caller
 recomputes what is not stored).
 
-The default memory budget is a tenth of the memory available when the cache is made
+The default memory budget is a sixteenth of the memory available when the cache is made
 (`default_memory_bytes`), the default disk budget half the free space of the temporary
 folder. Files are read back whole (`np.load`, not memory-mapped), so what a lookup reads
 is freed with the candidate's run and never counts twice in the process's resident memory.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-MEMORY_FRACTION = 10  # default budget: available memory // MEMORY_FRACTION
-RECORD_FRACTION = 24  # a recording run's boundary tensors: available memory // RECORD_FRACTION
+MEMORY_FRACTION = 16  # default budget: available memory // MEMORY_FRACTION
+RECORD_FRACTION = 32  # a recording run's boundary tensors: available memory // RECORD_FRACTION
 DISK_FRACTION = 2  # default disk budget: free space of the temporary folder // DISK_FRACTION
 
 

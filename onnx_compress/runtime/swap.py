@@ -228,12 +228,12 @@ class PrefixCache:
     model. Feeds the baseline did not see fall back to the full model.
 
     Memory is bounded: the feeds and activations go to a runtime.store.TieredStore, in
-    memory up to `max_bytes` (default a tenth of the available memory), then to files up
+    memory up to `max_bytes` (default a sixteenth of the available memory), then to files up
     to `disk_bytes` (default half the free temporary space); a boundary tensor stored
     nowhere is recomputed from its feed when a candidate needs it, and a feed stored
     nowhere runs the full candidate model. The suffix models share one copy of the weights.
     Recording a batch runs the model once per group of boundary tensors of at most
-    `record_bytes` (default a 24th of the available memory), each group stored before
+    `record_bytes` (default a 32nd of the available memory), each group stored before
     the next, so a batch's boundaries (3 GB for a ResNet-50 at 64 images) are never all held.
     """
 

@@ -83,7 +83,7 @@ class LocalScorer:
     def __init__(self, proto: onnx.ModelProto, weights: dict[str, list[str]], eval_callback, iterations,
                  use_cuda: bool, workers: int = 1, prefix_cache: bool = True, cache_mb: float | None = None):
         """`weights`: unit name -> the initializers its candidates replace. `cache_mb`: the
-        prefix cache's memory budget (default a tenth of the available memory; beyond it,
+        prefix cache's memory budget (default a sixteenth of the available memory; beyond it,
         files, then recomputation: runtime.PrefixCache)."""
         names = sorted({n for ws in weights.values() for n in ws})
         threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if workers > 1 else None
