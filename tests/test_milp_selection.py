@@ -61,10 +61,13 @@ def random_target(rng, layers, fixed: int, total: int):
     return max(round(float(rng.uniform(low, 1.0)), 3), math.ceil(low * 1000) / 1000)
 
 
-@pytest.fixture(params=["dp", "large", "milp"])
+@pytest.fixture(params=["dp", "large", "milp", "bounded"])
 def path(request, monkeypatch):
-    """Which solver solve_knapsack reaches: the plain DP, reduced-cost fixing + pruned DP, or the MILP."""
-    if request.param != "dp":
+    """Which solver solve_knapsack reaches: the plain DP, reduced-cost fixing + pruned DP, the
+    MILP, or the plain DP past its state bound (it hands over to the MILP, ties kept)."""
+    if request.param == "bounded":
+        monkeypatch.setattr(solve, "DEFAULT_MAX_STATES", 2)
+    elif request.param != "dp":
         monkeypatch.setattr(solve, "DP_MAX_OPTIONS", 0)
     if request.param == "milp":
         monkeypatch.setattr(solve, "large_picks", lambda tables, budget, tol, states: milp.milp_picks(tables, budget, tol))

@@ -122,7 +122,7 @@ def frontier_picks(tables: Sequence[_Table], budget: int, max_states: int, tol: 
     Layer by layer, the frontier is extended (`_extend`) up to the budget less the cheapest
     options of the layers still to come; past `max_states` ties are given up first
     (`_strict`), then states merged into cost buckets (`_merge`), or, with `merge` False,
-    None is returned at once (the caller solves the problem another way). Choices are
+    None is returned at once, ties kept (the caller solves the problem another way). Choices are
     rebuilt from back-pointers.
 
     `prune` = (lam, floors (L,), limit): after layer k, states with
@@ -142,10 +142,10 @@ def frontier_picks(tables: Sequence[_Table], budget: int, max_states: int, tol: 
             kept = np.flatnonzero((bound <= prune[2]) | (bound == bound.min()))
             cost, loss, rsum, parent, option = cost[kept], loss[kept], rsum[kept], parent[kept], option[kept]
         if len(cost) > max_states:  # first give up ties, then exactness
+            if not merge:  # exact on request: the MILP, which keeps the tie rule (search/milp.py)
+                return None
             kept = _strict(loss, tol)
             if len(kept) > max_states:
-                if not merge:
-                    return None
                 kept = kept[_merge(cost[kept], cap, max_states)]
                 exact = False
             cost, loss, rsum, parent, option = cost[kept], loss[kept], rsum[kept], parent[kept], option[kept]

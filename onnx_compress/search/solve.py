@@ -277,9 +277,9 @@ def solve_knapsack(layers: Sequence[LayerOptions], fixed_cost: int, total: int, 
     to the target, then to the higher sum of per-layer ratios; for that, states of equal
     loss and higher cost are kept on the frontier.
 
-    Past DEFAULT_MAX_STATES states, ties are first given up (equal-loss states of higher
-    cost dropped; the score stays optimal, and at the end equal-loss options are swapped
-    in, greedily in layer order, while budget is left).
+    Past DEFAULT_MAX_STATES states the exact solve hands the problem to search/milp.py, whose
+    second MILP keeps the tie rule (higher cost); at the end equal-loss options are swapped
+    in, greedily in layer order, while budget is left.
 
     With `max_states` None (the default) the result is exact at any size: problems of
     more than DP_MAX_OPTIONS options, and any whose frontier would still pass
@@ -288,7 +288,8 @@ def solve_knapsack(layers: Sequence[LayerOptions], fixed_cost: int, total: int, 
     have to bound). Selection.exact is then False only if HiGHS cannot prove the optimum.
 
     An integer `max_states` bounds the plain DP instead (an approximation on request):
-    past it and past giving up ties, states are merged into cost buckets of width
+    past it, ties are first given up (equal-loss states of higher cost dropped; the score
+    stays optimal), then states are merged into cost buckets of width
     w = ceil((cap + 1) / max_states) (about budget / max_states), keeping the lowest-loss
     state of each, and Selection.exact is False: the result is then at least as good as
     the exact optimum for the budget less one bucket width for each layer at which states
